@@ -1,0 +1,52 @@
+"""ReLU and (inverted) Dropout."""
+import numpy as np
+
+from ..backend import get_array_module, to_device, device_of
+from .base import Layer
+
+
+class ReLU(Layer):
+    """y = max(x, 0); dx = dy where x > 0, else 0 (the subgradient 0 at x == 0). Caches the mask."""
+
+    def forward(self, x, train=True):
+        xp = get_array_module(x)
+        mask = x > 0
+        self.cache = mask if train else None
+        return xp.where(mask, x, x.dtype.type(0))
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError("ReLU.backward called without a forward(train=True) before it")
+        return dy * self.cache
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); identity at inference.
+
+    The mask is drawn by a seeded NumPy Generator on the CPU and then moved to x's device, so a
+    seed gives the same masks on CPU and GPU and the generator's state can be checkpointed
+    (``rng.bit_generator.state``) for exact resume. Caches the scaled mask.
+    """
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+        self.p = p
+        self.rng = np.random.default_rng(seed)
+        self.cache = None
+
+    def forward(self, x, train=True):
+        if not train or self.p == 0:
+            self.cache = None
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        mask = to_device((keep / (1 - self.p)).astype(x.dtype), device_of(x))
+        self.cache = mask
+        return x * mask
+
+    def backward(self, dy):
+        return dy if self.cache is None else dy * self.cache
+
+    def extra_repr(self):
+        return f"p={self.p}"

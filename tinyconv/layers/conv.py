@@ -1,0 +1,108 @@
+"""2-D convolution as im2col + one GEMM per image (NCHW, weights KCRS).
+
+    x (N, C, H, W)  --im2col-->  cols (N, C*kh*kw, out_h*out_w)
+    y[n] = w2 @ cols[n] + b        w2 = w.reshape(C_out, C*kh*kw)   ->  y (N, C_out, out_h, out_w)
+
+The GEMM output is already NCHW, so no transpose is needed after it. Backward:
+    dw = sum_n dy[n] @ cols[n].T     db = sum over N, out_h, out_w of dy
+    dcols[n] = w2.T @ dy[n]          dx = col2im(dcols)  (overlapping windows add up)
+"""
+from ..backend import DEFAULT_DTYPE, get_array_module
+from ..init import initialize
+from .base import Layer, conv_out_size, pair
+
+
+def im2col(x, kh, kw, stride=(1, 1), pad=(0, 0)):
+    """(N, C, H, W) -> (N, C*kh*kw, out_h*out_w): one strided-slice copy per kernel offset.
+
+    cols[n, (c, i, j), (p, q)] = x_padded[n, c, i + sh*p, j + sw*q]
+    A loop over the kh*kw offsets (9 for a 3x3 kernel), never over pixels or images.
+    """
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    (sh, sw), (ph, pw) = stride, pad
+    out_h, out_w = conv_out_size(H, kh, sh, ph), conv_out_size(W, kw, sw, pw)
+    if ph or pw:
+        x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = xp.empty((N, C, kh, kw, out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x[:, :, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+    return cols.reshape(N, C * kh * kw, out_h * out_w)
+
+
+def col2im(cols, x_shape, kh, kw, stride=(1, 1), pad=(0, 0)):
+    """The adjoint of im2col: scatter-add (N, C*kh*kw, out_h*out_w) back to (N, C, H, W)."""
+    xp = get_array_module(cols)
+    N, C, H, W = x_shape
+    (sh, sw), (ph, pw) = stride, pad
+    out_h, out_w = conv_out_size(H, kh, sh, ph), conv_out_size(W, kw, sw, pw)
+    cols = cols.reshape(N, C, kh, kw, out_h, out_w)
+    dx = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw] += cols[:, :, i, j]
+    if ph or pw:
+        dx = xp.ascontiguousarray(dx[:, :, ph:ph + H, pw:pw + W])
+    return dx
+
+
+class Conv2D(Layer):
+    """2-D convolution.
+
+    x (N, C_in, H, W) -> y (N, C_out, out_h, out_w), out = (size + 2*pad - k) // stride + 1.
+    params: w (C_out, C_in, kh, kw), b (C_out,). Caches the column matrix of x for backward.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 init="he_normal", rng=None, dtype=DEFAULT_DTYPE):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        kh, kw = self.kernel_size
+        self.params["w"] = initialize(init, (out_channels, in_channels, kh, kw), rng, dtype)
+        if bias:
+            self.params["b"] = get_array_module(self.params["w"]).zeros(out_channels, dtype=dtype)
+        self.cache = None
+
+    def output_shape(self, input_shape):
+        C, H, W = input_shape
+        if C != self.in_channels:
+            raise ValueError(f"{self.name or 'Conv2D'} expects {self.in_channels} input channels, got {C}")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (self.out_channels, conv_out_size(H, kh, sh, ph), conv_out_size(W, kw, sw, pw))
+
+    def forward(self, x, train=True):
+        xp = get_array_module(x)
+        N = x.shape[0]
+        _, out_h, out_w = self.output_shape(x.shape[1:])
+        kh, kw = self.kernel_size
+        cols = im2col(x, kh, kw, self.stride, self.padding)
+        w2 = self.params["w"].reshape(self.out_channels, -1)
+        y = xp.matmul(w2, cols)                         # (N, C_out, out_h*out_w)
+        if "b" in self.params:
+            y += self.params["b"][:, None]
+        self.cache = (x.shape, cols) if train else None
+        return y.reshape(N, self.out_channels, out_h, out_w)
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError("Conv2D.backward called without a forward(train=True) before it")
+        xp = get_array_module(dy)
+        x_shape, cols = self.cache
+        N = dy.shape[0]
+        dy2 = dy.reshape(N, self.out_channels, -1)      # (N, C_out, P)
+        w2 = self.params["w"].reshape(self.out_channels, -1)
+        # dw[o, k] = sum_n sum_p dy[n, o, p] * cols[n, k, p]
+        self.grads["w"] = xp.matmul(dy2, cols.transpose(0, 2, 1)).sum(axis=0).reshape(self.params["w"].shape)
+        if "b" in self.params:
+            self.grads["b"] = dy2.sum(axis=(0, 2))
+        dcols = xp.matmul(w2.T, dy2)                    # (N, C_in*kh*kw, P)
+        kh, kw = self.kernel_size
+        return col2im(dcols, x_shape, kh, kw, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={'b' in self.params}")

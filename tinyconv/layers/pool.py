@@ -1,0 +1,82 @@
+"""Max pooling (floor mode) and global average pooling."""
+from ..backend import get_array_module
+from .base import Layer, conv_out_size, pair
+
+
+def _window(a, i, j, stride, out_hw):
+    """The (N, C, out_h, out_w) strided view of ``a`` at kernel offset (i, j)."""
+    (sh, sw), (out_h, out_w) = stride, out_hw
+    return a[:, :, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+
+
+class MaxPool2D(Layer):
+    """Max pooling, floor mode: out = (size - k) // stride + 1; stride defaults to the kernel size.
+
+    x (N, C, H, W) -> y (N, C, out_h, out_w). Caches, per output, the offset (0 .. kh*kw-1,
+    row-major inside the window) of the first maximum: backward sends dy there and nowhere else,
+    as PyTorch does on ties. Rows and columns that floor mode drops get zero gradient.
+    """
+
+    def __init__(self, kernel_size=2, stride=None):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride if stride is not None else kernel_size, "stride")
+        self.cache = None
+
+    def output_shape(self, input_shape):
+        C, H, W = input_shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return (C, conv_out_size(H, kh, sh, 0), conv_out_size(W, kw, sw, 0))
+
+    def forward(self, x, train=True):
+        xp = get_array_module(x)
+        _, out_h, out_w = self.output_shape(x.shape[1:])
+        kh, kw = self.kernel_size
+        y = _window(x, 0, 0, self.stride, (out_h, out_w)).copy()
+        argmax = xp.zeros(y.shape, dtype=xp.uint8)
+        for idx in range(1, kh * kw):
+            v = _window(x, idx // kw, idx % kw, self.stride, (out_h, out_w))
+            better = v > y                       # strict: the first maximum wins ties
+            xp.copyto(y, v, where=better)
+            argmax[better] = idx
+        self.cache = (x.shape, argmax) if train else None
+        return y
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError("MaxPool2D.backward called without a forward(train=True) before it")
+        xp = get_array_module(dy)
+        x_shape, argmax = self.cache
+        kh, kw = self.kernel_size
+        out_hw = dy.shape[2:]
+        dx = xp.zeros(x_shape, dtype=dy.dtype)
+        overlapping = self.stride[0] < kh or self.stride[1] < kw
+        for idx in range(kh * kw):
+            contrib = xp.where(argmax == idx, dy, 0)
+            view = _window(dx, idx // kw, idx % kw, self.stride, out_hw)
+            if overlapping:
+                view += contrib
+            else:                                # windows are disjoint: each input is written once
+                view[...] = contrib
+        return dx
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean over the spatial axes: x (N, C, H, W) -> y (N, C). dx = dy / (H*W) at every position."""
+
+    def output_shape(self, input_shape):
+        return (input_shape[0],)
+
+    def forward(self, x, train=True):
+        self.cache = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        N, C, H, W = self.cache
+        dx = xp.empty(self.cache, dtype=dy.dtype)
+        dx[...] = (dy / (H * W))[:, :, None, None]
+        return dx
