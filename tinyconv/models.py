@@ -29,7 +29,20 @@ def seed_cnn(num_outputs=3, input_shape=(3, 218, 178), width=1.0, dropout=0.3, i
         c_in = c_out
     layers += [GlobalAvgPool2D(), Dropout(dropout, seed=int(rng.integers(2**63))),
                Dense(c_in, num_outputs, rng=rng, dtype=dtype)]
-    return Sequential(layers, name="seed_cnn", input_shape=input_shape)
+    model = Sequential(layers, name="seed_cnn", input_shape=input_shape)
+    model.config = {"architecture": "seed", "num_outputs": num_outputs, "input_shape": list(input_shape),
+                    "width": width, "dropout": dropout, "init": init, "seed": seed}
+    return model
 
 
 MODELS = {"seed": seed_cnn}
+
+
+def build_model(config, dtype=DEFAULT_DTYPE):
+    """Rebuild a model from its ``model.config`` dict (as stored in checkpoints and exports)."""
+    config = dict(config)
+    arch = config.pop("architecture", "seed")
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    config["input_shape"] = tuple(config["input_shape"])
+    return MODELS[arch](dtype=dtype, **config)
