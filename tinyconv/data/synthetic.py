@@ -1,0 +1,314 @@
+"""A built-in synthetic face dataset in the official CelebA layout: a stand-in, NEVER CelebA.
+
+CelebA cannot be downloaded on every machine, and a new user should see the whole pipeline work
+before fetching 1.4 GB. :func:`synthesize` draws simple cartoon faces with vectorised NumPy and
+writes them exactly as CelebA ships (``img_align_celeba/000001.jpg``... at 178x218, the 40-column
+``list_attr_celeba.txt`` padded as the original, ``list_eval_partition.txt``), so the real loader
+runs on them. It is for testing and teaching only: any number measured on it is a number about
+cartoons, not a CelebA result, and everything downstream says so (``Dataset.synthetic``).
+
+What the three studied attributes look like (a person would recognise them):
+
+* **Eyeglasses** (about 6.5%): thin frames (1.3-2.8 px) around both eyes, a bridge and temples;
+  a fifth of them tinted lenses.
+* **Male** (about 42%): a squarer and wider jaw, mostly short hair (long hair for 20%), thicker
+  eyebrows, and for half of them stubble, a beard or a moustache.
+* **Smiling** (about 48%): the mouth corners curve up (sometimes open, showing teeth); a neutral
+  mouth is straight or slightly down.
+
+Faces vary in skin tone, head shape and size, pose (rotation, shift), lighting, hair colour,
+clothes, background and sensor noise. About 5% are marked Blurry and really blurred. Label noise
+(``label_noise``, default 3%) makes the recorded label disagree with the drawing: each of the three
+labels is flipped with probability ``label_noise * 2 * min(rate, 1 - rate)``, which keeps the
+positive rates near CelebA's (so rare Eyeglasses is flipped less often than Male). The other 37
+attributes are random with roughly CelebA's rates, kept consistent with the drawing where one is
+drawn (hair colour, beard, open mouth). Image ``i`` is drawn from ``default_rng([seed, i])``: the
+same seed gives the same files however many workers draw them.
+"""
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+from tqdm import tqdm
+
+from .celeba import ATTRIBUTE_NAMES, SYNTHETIC_MARKER
+from .errors import DataError
+
+H, W = 218, 178
+RATES = {"Eyeglasses": 0.065, "Male": 0.42, "Smiling": 0.48, "Blurry": 0.05}
+# Rough CelebA rates for the attributes that are only written, not drawn.
+_OTHER_RATES = {
+    "Arched_Eyebrows": .27, "Attractive": .51, "Bags_Under_Eyes": .20, "Bald": .02, "Bangs": .15,
+    "Big_Lips": .24, "Big_Nose": .23, "Bushy_Eyebrows": .14, "Chubby": .06, "Double_Chin": .05,
+    "High_Cheekbones": .46, "Narrow_Eyes": .12, "Oval_Face": .28, "Pale_Skin": .04,
+    "Pointy_Nose": .28, "Receding_Hairline": .08, "Rosy_Cheeks": .07, "Straight_Hair": .21,
+    "Wavy_Hair": .32, "Wearing_Earrings": .19, "Wearing_Hat": .05, "Wearing_Necklace": .12,
+    "Wearing_Necktie": .07, "Young": .77,
+}
+HAIR = {"Black_Hair": (25, 20, 18), "Brown_Hair": (95, 60, 35), "Blond_Hair": (200, 165, 95),
+        "Gray_Hair": (150, 148, 145)}
+DEFAULT_COUNT = 5000
+PARTITION_FRACTIONS = (0.8, 0.1, 0.1)
+
+_Y, _X = np.mgrid[0:H, 0:W].astype(np.float32)
+
+
+def _soft(d):
+    """Signed distance in pixels (negative inside) -> antialiased coverage in [0, 1]."""
+    return np.clip(0.5 - d, 0.0, 1.0)
+
+
+def _ellipse(u, v, a, b, p=2.0):
+    """Approximate signed distance to the superellipse |u/a|^p + |v/b|^p = 1 (pixels)."""
+    r = (np.abs(u / a) ** p + np.abs(v / b) ** p) ** (1.0 / p) if p != 2.0 else np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    return (r - 1.0) * min(a, b)
+
+
+def _paint(img, m, color, alpha=1.0):
+    """img (H, W, 3) float32 <- blend of ``color`` (3,) or (H, W, 3) with coverage ``m`` (H, W)."""
+    m = (m * alpha)[..., None]
+    img *= 1.0 - m
+    img += m * np.asarray(color, dtype=np.float32)
+
+
+def draw_face(rng, male, glasses, smiling, blurry):
+    """One face: uint8 (218, 178, 3), plus a dict of drawn facts for the other attributes."""
+    facts = {}
+    img = np.empty((H, W, 3), np.float32)
+    # background: a gradient between two random colours plus low-frequency blotches
+    c1, c2 = rng.uniform(30, 230, 3), rng.uniform(30, 230, 3)
+    ang = rng.uniform(0, 2 * np.pi)
+    t = np.clip(0.5 + ((_X - W / 2) * np.cos(ang) + (_Y - H / 2) * np.sin(ang)) / 250.0, 0, 1)[..., None]
+    img[:] = c1 * (1 - t) + c2 * t
+    blot = Image.fromarray(rng.uniform(0, 255, (5, 4)).astype(np.uint8)).resize((W, H), Image.BILINEAR)
+    img += (np.asarray(blot, np.float32)[..., None] - 128) * rng.uniform(0.05, 0.25)
+
+    # pose: face-local coordinates (u right, v down, pixels at scale 1)
+    cx, cy = W / 2 + rng.normal(0, 4), 118 + rng.normal(0, 4)
+    th, s = rng.normal(0, 0.08), rng.uniform(0.9, 1.08)
+    co, si = np.cos(th), np.sin(th)
+    u = ((_X - cx) * co + (_Y - cy) * si) / s
+    v = (-(_X - cx) * si + (_Y - cy) * co) / s
+
+    skin = np.array([rng.uniform(80, 235)] * 3) * np.array([1.0, rng.uniform(0.72, 0.85), rng.uniform(0.55, 0.72)])
+    hair_name = rng.choice(list(HAIR), p=[0.35, 0.3, 0.2, 0.15])
+    facts["hair"] = hair_name
+    hair = np.array(HAIR[hair_name]) * rng.uniform(0.8, 1.2)
+    a, b = rng.uniform(48, 57), rng.uniform(64, 74)
+    long_hair = (rng.random() < 0.2) if male else (rng.random() < 0.8)
+
+    # clothes and shoulders
+    cloth = rng.uniform(20, 230, 3)
+    _paint(img, _soft(np.maximum(95 - v, np.abs(u) - 60 - (v - 95) * 1.2)), cloth)
+    if long_hair:  # hair mass behind the head, down to the shoulders
+        _paint(img, _soft(np.maximum(_ellipse(u, v - 12, a + 13, b + 26), v - 100)), hair * 0.85)
+    _paint(img, _soft(np.maximum(np.abs(u) - 0.45 * a, np.maximum(40 - v, v - 110))), skin * 0.82)  # neck
+    for sx in (-1, 1):  # ears
+        _paint(img, _soft(_ellipse(u - sx * (a - 2), v + 2, 7, 12)), skin * 0.9)
+
+    # head: round top; the jaw is squarer and wider for men (superellipse exponent, lower width)
+    p_low = rng.uniform(2.4, 3.2) if male else rng.uniform(1.7, 2.4)
+    a_low = a * (rng.uniform(0.95, 1.04) if male else rng.uniform(0.84, 0.95))
+    d_head = np.where(v < 0, _ellipse(u, v, a, b), _ellipse(u, v, a_low, b, p_low))
+    head = _soft(d_head)
+    light = rng.uniform(-0.3, 0.3)
+    shade = (1.0 + light * u / a - 0.12 * np.clip(v / b, 0, 1) ** 2)[..., None]
+    img *= 1.0 - head[..., None]
+    img += head[..., None] * skin * shade
+
+    # facial hair (half of the men): stubble or a full beard over the lower face, maybe a moustache
+    facts["beard"] = facts["mustache"] = facts["stubble"] = False
+    mouth_y = rng.uniform(33, 40)
+    if male and rng.random() < 0.5:
+        kind = rng.choice(["stubble", "beard"])
+        facts[kind] = True
+        lower = head * _soft(np.maximum(mouth_y - 14 - v, -np.abs(u) + 0.0 * v))
+        _paint(img, lower, hair * 0.8, alpha=0.25 if kind == "stubble" else 0.7)
+        if rng.random() < 0.6:
+            facts["mustache"] = True
+            _paint(img, _soft(np.maximum(np.abs(u) - 15, np.abs(v - mouth_y + 6) - 2.5)), hair * 0.7, 0.8)
+
+    # hair on top: a cap over the upper head, thicker and lower for long hair
+    hairline = -b * rng.uniform(0.45, 0.6) + (0.12 * np.abs(u) if not long_hair else 0.0)
+    cap = _soft(np.maximum(_ellipse(u, v + 3, a + (6 if long_hair else 3), b + (8 if long_hair else 5)),
+                           v - hairline))
+    _paint(img, cap, hair)
+
+    # eyes and eyebrows
+    ex, ey = rng.uniform(17, 21), rng.uniform(-12, -6)
+    brow_t = rng.uniform(2.2, 3.4) if male else rng.uniform(1.3, 2.3)
+    iris = rng.uniform(20, 110, 3)
+    for sx in (-1, 1):
+        du, dv = u - sx * ex, v - ey
+        _paint(img, _soft(_ellipse(du, dv, 6.5, 3.3)), (235, 232, 225))
+        _paint(img, _soft(np.sqrt(du ** 2 + dv ** 2) - 2.6), iris)
+        brow = np.maximum(np.abs(dv + 9 + 0.03 * du ** 2) - brow_t / 2, np.abs(du) - 10)
+        _paint(img, _soft(brow), hair * 0.7)
+    # nose: a soft shadow and the base
+    _paint(img, _soft(np.maximum(np.abs(u - 1.5) - 1.2, np.abs(v - 6) - 11)), skin * 0.7, 0.5)
+    _paint(img, _soft(_ellipse(u, v - 18, 6, 2.5)), skin * 0.6, 0.6)
+
+    # mouth: v = mouth_y - k * u^2, corners up when k > 0 (smiling)
+    mw = rng.uniform(12, 17)
+    k = rng.uniform(0.012, 0.045) if smiling else rng.uniform(-0.015, 0.012)
+    curve = v - (mouth_y - k * u ** 2 + k * mw ** 2 * 0.3)
+    inside_w = np.abs(u) - mw
+    opened = smiling and rng.random() < 0.5
+    facts["mouth_open"] = opened
+    lip = rng.uniform(0.55, 0.75) * skin * np.array([1.15, 0.8, 0.8])
+    if opened:
+        gap = rng.uniform(3, 6) * np.clip(1 - (u / mw) ** 2, 0, 1)
+        _paint(img, _soft(np.maximum(inside_w, np.maximum(-curve, curve - gap))), (60, 25, 25))
+        _paint(img, _soft(np.maximum(inside_w + 3, np.maximum(-curve, curve - gap * 0.45))), (235, 230, 220))
+    _paint(img, _soft(np.maximum(inside_w, np.abs(curve) - rng.uniform(1.0, 1.6))), lip)
+
+    # eyeglasses: two rings around the eyes, a bridge and temples to the ears
+    if glasses:
+        t = rng.uniform(1.3, 2.8)
+        frame = rng.choice([rng.uniform(0, 60, 3), rng.uniform(140, 210, 3)])
+        ga, gb = rng.uniform(10, 13), rng.uniform(7.5, 10)
+        for sx in (-1, 1):
+            du, dv = u - sx * ex, v - ey
+            ring = _ellipse(du, dv, ga, gb, p=3.0)
+            if rng.random() < 0.2 or (sx == 1 and facts.get("tinted")):
+                facts["tinted"] = True
+                _paint(img, _soft(ring), (30, 30, 35), 0.6)
+            _paint(img, _soft(np.abs(ring) - t / 2), frame)
+            temple = np.maximum(np.abs(v - ey + 2) - t / 2, np.maximum(ex + ga - sx * u, sx * u - a))
+            _paint(img, _soft(temple), frame)
+        _paint(img, _soft(np.maximum(np.abs(v - ey + 1) - t / 2, np.abs(u) - (ex - ga) - 0.5)), frame)
+
+    # global lighting, sensor noise, blur
+    img *= rng.uniform(0.75, 1.15)
+    img += rng.normal(0, rng.uniform(2, 7), img.shape).astype(np.float32)
+    out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+    if blurry:
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(2.0, 3.5)))
+    return np.asarray(out), facts
+
+
+def sample_attributes(rng, label_noise):
+    """(drawn flags for Male, Eyeglasses, Smiling, Blurry, recorded -1/1 values for all 40)."""
+    drawn = {name: rng.random() < rate for name, rate in RATES.items()}
+    recorded = dict(drawn)
+    for name in ("Eyeglasses", "Male", "Smiling"):
+        r = RATES[name]
+        if rng.random() < label_noise * 2 * min(r, 1 - r):
+            recorded[name] = not recorded[name]
+    for name, rate in _OTHER_RATES.items():
+        recorded[name] = rng.random() < rate
+    return drawn, recorded
+
+
+def _one(seed, i, label_noise):
+    """Image ``i`` (0-based) of the set with this seed: (uint8 image, int8 (40,) row)."""
+    rng = np.random.default_rng([seed, i])
+    drawn, rec = sample_attributes(rng, label_noise)
+    img, facts = draw_face(rng, drawn["Male"], drawn["Eyeglasses"], drawn["Smiling"], drawn["Blurry"])
+    male = drawn["Male"]
+    for name in HAIR:
+        rec[name] = facts["hair"] == name
+    rec["No_Beard"] = not (facts["beard"] or facts["mustache"])
+    rec["Goatee"] = facts["beard"] and rng.random() < 0.4
+    rec["Mustache"] = facts["mustache"]
+    rec["5_o_Clock_Shadow"] = facts["stubble"]
+    rec["Sideburns"] = facts["beard"] and rng.random() < 0.5
+    rec["Mouth_Slightly_Open"] = facts["mouth_open"] or rng.random() < 0.2
+    rec["Heavy_Makeup"] = (not male) and rng.random() < 0.65
+    rec["Wearing_Lipstick"] = (not male) and rng.random() < 0.8
+    row = np.array([1 if rec[n] else -1 for n in ATTRIBUTE_NAMES], dtype=np.int8)
+    return img, row
+
+
+def _draw_range(out_dir, seed, start, stop, label_noise, quality):
+    """Draw and save images ``start..stop-1``; return int8 (stop - start, 40) attribute rows."""
+    rows = np.empty((stop - start, len(ATTRIBUTE_NAMES)), dtype=np.int8)
+    for j, i in enumerate(range(start, stop)):
+        img, rows[j] = _one(seed, i, label_noise)
+        Image.fromarray(img).save(os.path.join(out_dir, image_name(i)), quality=quality)
+    return rows
+
+
+def image_name(i):
+    """0-based index -> CelebA file name (``000001.jpg`` for i = 0)."""
+    return f"{i + 1:06d}.jpg"
+
+
+def partition_of(i, count):
+    """Contiguous ~80/10/10 split in file order, as CelebA's is."""
+    n_train = int(round(count * PARTITION_FRACTIONS[0]))
+    n_val = int(round(count * PARTITION_FRACTIONS[1]))
+    return 0 if i < n_train else (1 if i < n_train + n_val else 2)
+
+
+def synthesize(out, count=DEFAULT_COUNT, seed=0, label_noise=0.03, workers=None, progress=True,
+               quality=92):
+    """Write ``count`` synthetic faces in the official CelebA layout into the new folder ``out``.
+
+    A stand-in for testing and teaching, never CelebA (see the module docstring). The folder is
+    built under a temporary name beside ``out`` and renamed when complete, so an interrupted run
+    never leaves a folder that looks finished. Returns ``Path(out)``.
+    """
+    out = Path(out)
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if not 0 <= label_noise <= 0.5:
+        raise ValueError(f"label_noise must be in [0, 0.5], got {label_noise}")
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: already exists and is not empty; choose a new folder")
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    img_dir = tmp / "img_align_celeba"
+    img_dir.mkdir(parents=True)
+    try:
+        rows = _draw_all(img_dir, seed, count, label_noise, quality, workers, progress)
+        _write_annotations(tmp, rows, seed, label_noise)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _draw_all(img_dir, seed, count, label_noise, quality, workers, progress):
+    workers = workers or max(1, os.cpu_count() or 1)
+    step = 50
+    ranges = [(s, min(s + step, count)) for s in range(0, count, step)]
+    rows = np.empty((count, len(ATTRIBUTE_NAMES)), dtype=np.int8)
+    with tqdm(total=count, desc="synthesize", unit="img", disable=not progress) as bar:
+        if workers == 1:
+            for s, e in ranges:
+                rows[s:e] = _draw_range(str(img_dir), seed, s, e, label_noise, quality)
+                bar.update(e - s)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futs = [(s, e, pool.submit(_draw_range, str(img_dir), seed, s, e, label_noise, quality))
+                        for s, e in ranges]
+                for s, e, f in futs:
+                    rows[s:e] = f.result()
+                    bar.update(e - s)
+    return rows
+
+
+def _write_annotations(root, rows, seed, label_noise):
+    count = len(rows)
+    with open(root / "list_attr_celeba.txt", "w", newline="\n") as f:
+        f.write(f"{count}\n")
+        f.write(" ".join(ATTRIBUTE_NAMES) + " \n")
+        for i, row in enumerate(rows):
+            # official padding: each value right-aligned in 2 characters after one space
+            f.write(image_name(i) + "".join(f" {int(x):2d}" for x in row) + "\n")
+    with open(root / "list_eval_partition.txt", "w", newline="\n") as f:
+        for i in range(count):
+            f.write(f"{image_name(i)} {partition_of(i, count)}\n")
+    (root / SYNTHETIC_MARKER).write_text(
+        "These images are SYNTHETIC cartoon faces drawn by tinyconv.data.synthesize\n"
+        f"(count={count}, seed={seed}, label_noise={label_noise}). They are a stand-in for testing\n"
+        "and teaching, in the CelebA file layout. They are NOT CelebA: never report results on\n"
+        "them as CelebA results.\n")
