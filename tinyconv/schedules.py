@@ -187,7 +187,8 @@ class _Schedule:
         return Change(self.epoch, "lr", lr, max(lr / self.factor, self.min_lr), reason)
 
     def state_dict(self):
-        """A plain JSON-able dict; ``load_state_dict`` of it resumes exactly."""
+        """A plain JSON-able dict; ``load_state_dict`` of it, into a schedule built with the
+        same arguments, resumes exactly (the arguments themselves are not stored)."""
         state = {"schedule": type(self).__name__, "epoch": self.epoch, "current": self.current,
                  "last_change": asdict(self.last_change) if self.last_change else None}
         if self.trigger:
