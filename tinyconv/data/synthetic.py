@@ -67,9 +67,39 @@ def _ellipse(u, v, a, b, p=2.0):
     return (r - 1.0) * min(a, b)
 
 
-def _paint(img, m, color, alpha=1.0):
-    """img (H, W, 3) float32 <- blend of ``color`` (3,) or (H, W, 3) with coverage ``m`` (H, W)."""
-    m = (m * alpha)[..., None]
+class _Canvas:
+    """An (H, W, 3) float32 image and the face-local coordinates u (right), v (down) of each pixel.
+
+    ``paint`` evaluates a shape only inside the window that can contain it (a feature of radius R
+    around a local point), which keeps small features (eyes, mouth, frames) cheap.
+    """
+
+    def __init__(self, img, cx, cy, th, s):
+        self.img, self.cx, self.cy, self.co, self.si, self.s = img, cx, cy, np.cos(th), np.sin(th), s
+        self.u = ((_X - cx) * self.co + (_Y - cy) * self.si) / s
+        self.v = (-(_X - cx) * self.si + (_Y - cy) * self.co) / s
+
+    def window(self, uc, vc, r):
+        x = self.cx + self.s * (uc * self.co - vc * self.si)
+        y = self.cy + self.s * (uc * self.si + vc * self.co)
+        r = r * self.s + 2
+        return (slice(max(0, int(y - r)), max(0, min(H, int(y + r) + 1))),
+                slice(max(0, int(x - r)), max(0, min(W, int(x + r) + 1))))
+
+    def paint(self, dist, color, alpha=1.0, at=None):
+        """Blend ``color`` where ``dist(u, v)`` (signed pixels, < 0 inside) is inside.
+
+        ``at`` = (uc, vc, radius) limits the work to that window; None paints the whole image.
+        """
+        sl = self.window(*at) if at is not None else (slice(None), slice(None))
+        m = _soft(dist(self.u[sl], self.v[sl])) * alpha
+        _blend(self.img[sl], m, color)
+        return m
+
+
+def _blend(img, m, color):
+    """img (h, w, 3) <- img * (1 - m) + color * m, in place; color (3,) or (h, w, 3)."""
+    m = m[..., None]
     img *= 1.0 - m
     img += m * np.asarray(color, dtype=np.float32)
 
@@ -87,11 +117,9 @@ def draw_face(rng, male, glasses, smiling, blurry):
     img += (np.asarray(blot, np.float32)[..., None] - 128) * rng.uniform(0.05, 0.25)
 
     # pose: face-local coordinates (u right, v down, pixels at scale 1)
-    cx, cy = W / 2 + rng.normal(0, 4), 118 + rng.normal(0, 4)
-    th, s = rng.normal(0, 0.08), rng.uniform(0.9, 1.08)
-    co, si = np.cos(th), np.sin(th)
-    u = ((_X - cx) * co + (_Y - cy) * si) / s
-    v = (-(_X - cx) * si + (_Y - cy) * co) / s
+    cv = _Canvas(img, W / 2 + rng.normal(0, 4), 118 + rng.normal(0, 4), rng.normal(0, 0.08),
+                 rng.uniform(0.9, 1.08))
+    u, v = cv.u, cv.v
 
     skin = np.array([rng.uniform(80, 235)] * 3) * np.array([1.0, rng.uniform(0.72, 0.85), rng.uniform(0.55, 0.72)])
     hair_name = rng.choice(list(HAIR), p=[0.35, 0.3, 0.2, 0.15])
@@ -101,13 +129,14 @@ def draw_face(rng, male, glasses, smiling, blurry):
     long_hair = (rng.random() < 0.2) if male else (rng.random() < 0.8)
 
     # clothes and shoulders
-    cloth = rng.uniform(20, 230, 3)
-    _paint(img, _soft(np.maximum(95 - v, np.abs(u) - 60 - (v - 95) * 1.2)), cloth)
+    cv.paint(lambda u, v: np.maximum(95 - v, np.abs(u) - 60 - (v - 95) * 1.2), rng.uniform(20, 230, 3))
     if long_hair:  # hair mass behind the head, down to the shoulders
-        _paint(img, _soft(np.maximum(_ellipse(u, v - 12, a + 13, b + 26), v - 100)), hair * 0.85)
-    _paint(img, _soft(np.maximum(np.abs(u) - 0.45 * a, np.maximum(40 - v, v - 110))), skin * 0.82)  # neck
+        cv.paint(lambda u, v: np.maximum(_ellipse(u, v - 12, a + 13, b + 26), v - 100), hair * 0.85,
+                 at=(0, 12, b + 30))
+    cv.paint(lambda u, v: np.maximum(np.abs(u) - 0.45 * a, np.maximum(40 - v, v - 110)), skin * 0.82,
+             at=(0, 75, 60))  # neck
     for sx in (-1, 1):  # ears
-        _paint(img, _soft(_ellipse(u - sx * (a - 2), v + 2, 7, 12)), skin * 0.9)
+        cv.paint(lambda u, v: _ellipse(u - sx * (a - 2), v + 2, 7, 12), skin * 0.9, at=(sx * (a - 2), -2, 15))
 
     # head: round top; the jaw is squarer and wider for men (superellipse exponent, lower width)
     p_low = rng.uniform(2.4, 3.2) if male else rng.uniform(1.7, 2.4)
@@ -125,61 +154,74 @@ def draw_face(rng, male, glasses, smiling, blurry):
     if male and rng.random() < 0.5:
         kind = rng.choice(["stubble", "beard"])
         facts[kind] = True
-        lower = head * _soft(np.maximum(mouth_y - 14 - v, -np.abs(u) + 0.0 * v))
-        _paint(img, lower, hair * 0.8, alpha=0.25 if kind == "stubble" else 0.7)
+        _blend(img, head * _soft(mouth_y - 14 - v) * (0.25 if kind == "stubble" else 0.7), hair * 0.8)
         if rng.random() < 0.6:
             facts["mustache"] = True
-            _paint(img, _soft(np.maximum(np.abs(u) - 15, np.abs(v - mouth_y + 6) - 2.5)), hair * 0.7, 0.8)
+            cv.paint(lambda u, v: np.maximum(np.abs(u) - 15, np.abs(v - mouth_y + 6) - 2.5), hair * 0.7, 0.8,
+                     at=(0, mouth_y - 6, 20))
 
     # hair on top: a cap over the upper head, thicker and lower for long hair
-    hairline = -b * rng.uniform(0.45, 0.6) + (0.12 * np.abs(u) if not long_hair else 0.0)
-    cap = _soft(np.maximum(_ellipse(u, v + 3, a + (6 if long_hair else 3), b + (8 if long_hair else 5)),
-                           v - hairline))
-    _paint(img, cap, hair)
+    hl0 = -b * rng.uniform(0.45, 0.6)
+    slope = 0.0 if long_hair else 0.12
+    grow = (6, 8) if long_hair else (3, 5)
+    cv.paint(lambda u, v: np.maximum(_ellipse(u, v + 3, a + grow[0], b + grow[1]), v - hl0 - slope * np.abs(u)),
+             hair, at=(0, -b * 0.5, b + 10))
 
     # eyes and eyebrows
     ex, ey = rng.uniform(17, 21), rng.uniform(-12, -6)
     brow_t = rng.uniform(2.2, 3.4) if male else rng.uniform(1.3, 2.3)
     iris = rng.uniform(20, 110, 3)
     for sx in (-1, 1):
-        du, dv = u - sx * ex, v - ey
-        _paint(img, _soft(_ellipse(du, dv, 6.5, 3.3)), (235, 232, 225))
-        _paint(img, _soft(np.sqrt(du ** 2 + dv ** 2) - 2.6), iris)
-        brow = np.maximum(np.abs(dv + 9 + 0.03 * du ** 2) - brow_t / 2, np.abs(du) - 10)
-        _paint(img, _soft(brow), hair * 0.7)
+        at = (sx * ex, ey - 4, 16)
+        cv.paint(lambda u, v: _ellipse(u - sx * ex, v - ey, 6.5, 3.3), (235, 232, 225), at=at)
+        cv.paint(lambda u, v: np.sqrt((u - sx * ex) ** 2 + (v - ey) ** 2) - 2.6, iris, at=at)
+        cv.paint(lambda u, v: np.maximum(np.abs(v - ey + 9 + 0.03 * (u - sx * ex) ** 2) - brow_t / 2,
+                                         np.abs(u - sx * ex) - 10), hair * 0.7, at=at)
     # nose: a soft shadow and the base
-    _paint(img, _soft(np.maximum(np.abs(u - 1.5) - 1.2, np.abs(v - 6) - 11)), skin * 0.7, 0.5)
-    _paint(img, _soft(_ellipse(u, v - 18, 6, 2.5)), skin * 0.6, 0.6)
+    cv.paint(lambda u, v: np.maximum(np.abs(u - 1.5) - 1.2, np.abs(v - 6) - 11), skin * 0.7, 0.5, at=(0, 8, 16))
+    cv.paint(lambda u, v: _ellipse(u, v - 18, 6, 2.5), skin * 0.6, 0.6, at=(0, 18, 9))
 
-    # mouth: v = mouth_y - k * u^2, corners up when k > 0 (smiling)
+    # mouth: v = mouth_y - k * u^2 (+ offset), corners up when k > 0 (smiling)
     mw = rng.uniform(12, 17)
     k = rng.uniform(0.012, 0.045) if smiling else rng.uniform(-0.015, 0.012)
-    curve = v - (mouth_y - k * u ** 2 + k * mw ** 2 * 0.3)
-    inside_w = np.abs(u) - mw
+
+    def curve(u, v):
+        return v - (mouth_y - k * u ** 2 + k * mw ** 2 * 0.3)
     opened = smiling and rng.random() < 0.5
     facts["mouth_open"] = opened
     lip = rng.uniform(0.55, 0.75) * skin * np.array([1.15, 0.8, 0.8])
+    at = (0, mouth_y, mw + 6)
     if opened:
-        gap = rng.uniform(3, 6) * np.clip(1 - (u / mw) ** 2, 0, 1)
-        _paint(img, _soft(np.maximum(inside_w, np.maximum(-curve, curve - gap))), (60, 25, 25))
-        _paint(img, _soft(np.maximum(inside_w + 3, np.maximum(-curve, curve - gap * 0.45))), (235, 230, 220))
-    _paint(img, _soft(np.maximum(inside_w, np.abs(curve) - rng.uniform(1.0, 1.6))), lip)
+        gap_h = rng.uniform(3, 6)
+
+        def opening(u, v, inset, frac):
+            c, gap = curve(u, v), gap_h * np.clip(1 - (u / mw) ** 2, 0, 1) * frac
+            return np.maximum(np.abs(u) - mw + inset, np.maximum(-c, c - gap))
+        cv.paint(lambda u, v: opening(u, v, 0, 1.0), (60, 25, 25), at=at)
+        cv.paint(lambda u, v: opening(u, v, 3, 0.45), (235, 230, 220), at=at)
+    lip_t = rng.uniform(1.0, 1.6)
+    cv.paint(lambda u, v: np.maximum(np.abs(u) - mw, np.abs(curve(u, v)) - lip_t), lip, at=at)
 
     # eyeglasses: two rings around the eyes, a bridge and temples to the ears
     if glasses:
         t = rng.uniform(1.3, 2.8)
-        frame = rng.choice([rng.uniform(0, 60, 3), rng.uniform(140, 210, 3)])
+        frame = rng.uniform(0, 60, 3) if rng.random() < 0.6 else rng.uniform(140, 210, 3)
         ga, gb = rng.uniform(10, 13), rng.uniform(7.5, 10)
+        tinted = rng.random() < 0.2
+        facts["tinted"] = tinted
         for sx in (-1, 1):
-            du, dv = u - sx * ex, v - ey
-            ring = _ellipse(du, dv, ga, gb, p=3.0)
-            if rng.random() < 0.2 or (sx == 1 and facts.get("tinted")):
-                facts["tinted"] = True
-                _paint(img, _soft(ring), (30, 30, 35), 0.6)
-            _paint(img, _soft(np.abs(ring) - t / 2), frame)
-            temple = np.maximum(np.abs(v - ey + 2) - t / 2, np.maximum(ex + ga - sx * u, sx * u - a))
-            _paint(img, _soft(temple), frame)
-        _paint(img, _soft(np.maximum(np.abs(v - ey + 1) - t / 2, np.abs(u) - (ex - ga) - 0.5)), frame)
+            at = (sx * ex, ey, ga + 4)
+
+            def ring(u, v):
+                return _ellipse(u - sx * ex, v - ey, ga, gb, p=3.0)
+            if tinted:
+                cv.paint(ring, (30, 30, 35), 0.6, at=at)
+            cv.paint(lambda u, v: np.abs(ring(u, v)) - t / 2, frame, at=at)
+            cv.paint(lambda u, v: np.maximum(np.abs(v - ey + 2) - t / 2,
+                                             np.maximum(ex + ga - sx * u, sx * u - a)),
+                     frame, at=(sx * (ex + ga + a) / 2, ey, (a - ex - ga) / 2 + 4))
+        cv.paint(lambda u, v: np.maximum(np.abs(v - ey + 1) - t / 2, np.abs(u) - (ex - ga) - 0.5), frame,
+                 at=(0, ey, ex))
 
     # global lighting, sensor noise, blur
     img *= rng.uniform(0.75, 1.15)

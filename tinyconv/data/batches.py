@@ -1,0 +1,227 @@
+"""Batches over one split of a prepared HDF5 file: seeded shuffles, background prefetch, bounded memory.
+
+Order: the split's rows are permuted by ``np.random.default_rng([seed, epoch]).permutation(n)``
+(a pure function of seed and epoch); batch ``k`` holds ``order[k*B:(k+1)*B]``. ``start_batch`` skips
+the first batches of that order, so resuming mid-epoch gives exactly the batches an unbroken run
+would have seen. Within a batch the rows come sorted (so HDF5 reads are forward runs);
+``batch.index`` says which rows they are.
+
+Streaming (``resident=False``): one background thread reads each batch's sorted index runs from the
+file into a fresh uint8 (B, H, W, 3) array and puts it on a queue of at most ``prefetch`` batches, so
+memory holds at most ``prefetch + 2`` batches whatever the dataset size. The main thread converts:
+uint8 NHWC -> float32 NCHW / 255, on the device (for the GPU the uint8 batch is uploaded by the
+worker on its own stream, 4x fewer bytes than float32, and converted there).
+
+Resident (``resident=True``): the split's uint8 images are loaded once (to the GPU for
+``device="gpu"``, to RAM on the CPU) and each batch is a gather on that array.
+"""
+import queue
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import require_gpu, xp_for
+from .errors import DataError
+
+
+@dataclass
+class Batch:
+    """x: float32 (B, 3, H, W) in [0, 1] on the device; y: float32 (B, K) on the device;
+    index: int64 (B,) NumPy row numbers within the split."""
+    x: object
+    y: object
+    index: np.ndarray
+
+
+def epoch_order(n, seed, epoch, shuffle=True):
+    """The order of the ``n`` rows of a split in this epoch: int64 (n,)."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n).astype(np.int64)
+
+
+def num_batches(n, batch_size, drop_last=False):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def read_rows(dset, rows, out=None):
+    """Read sorted, unique ``rows`` of an h5py dataset by contiguous runs: one slice read per run.
+
+    h5py fancy indexing is slow for scattered rows; ``read_direct`` per run writes straight into
+    ``out`` without temporary copies. Returns ``out`` with shape (len(rows),) + dset.shape[1:].
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if out is None:
+        out = np.empty((len(rows),) + dset.shape[1:], dtype=dset.dtype)
+    if len(rows) == 0:
+        return out
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [len(rows)]))
+    for i, j in zip(starts, stops):
+        a = int(rows[i])
+        dset.read_direct(out, source_sel=np.s_[a:a + (j - i)], dest_sel=np.s_[i:j])
+    return out
+
+
+def to_model_input(x_u8, xp):
+    """uint8 (B, H, W, 3) on its device -> float32 (B, 3, H, W) in [0, 1], C-contiguous.
+
+    Division (not multiplication by 1/255) keeps 255 -> exactly 1.0.
+    """
+    x = xp.ascontiguousarray(x_u8.transpose(0, 3, 1, 2), dtype=xp.float32)
+    x /= 255.0
+    return x
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc):
+        self.exc = exc
+
+
+def _worker(produce, q, stop):
+    """Background thread body: put each produced item on ``q`` until done or told to stop.
+
+    It holds no reference to the iterator, so an abandoned iterator can be garbage-collected,
+    and its finalizer then sets ``stop``.
+    """
+    try:
+        for item in produce(stop):
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        item = _END
+    except BaseException as exc:  # surfaced in the consumer, never lost in the thread
+        item = _Failure(exc)
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return
+        except queue.Full:
+            continue
+
+
+def _shutdown(stop, q, thread):
+    stop.set()
+    try:  # unblock a worker waiting on a full queue
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=5)
+
+
+class BatchIterator:
+    """Iterator of :class:`Batch` over one split; see the module docstring. ``len()`` = batches left.
+
+    Close it (or leave the ``for`` loop and drop it, or use ``with``) to stop the prefetch thread.
+    """
+
+    def __init__(self, dataset, split, batch_size, seed=0, epoch=0, shuffle=True, start_batch=0,
+                 device="cpu", resident=False, drop_last=False, prefetch=2):
+        n = dataset.split_size(split)
+        total = num_batches(n, batch_size, drop_last)
+        if not 0 <= start_batch <= total:
+            raise ValueError(f"start_batch must be in [0, {total}], got {start_batch}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        self.xp = xp_for(device)  # raises with a clear message when the GPU is missing
+        self.device = device
+        order = epoch_order(n, seed, epoch, shuffle)
+        # sorted rows of each remaining batch, computed up front: cheap (8 bytes per image)
+        self._batches = [np.sort(order[k * batch_size:(k + 1) * batch_size])
+                         for k in range(start_batch, total)]
+        self._labels = dataset.labels(split)
+        self._path = dataset.path
+        self._pos = 0
+        self._thread = None
+        if resident:
+            self._images = dataset._resident_images(split, device)
+            self._queue, self._stop = None, threading.Event()
+        else:
+            self._images = None
+            self._queue, self._stop = queue.Queue(maxsize=prefetch), threading.Event()
+            produce = _streaming_producer(dataset._images_dset(), dataset._split_rows(split),
+                                          self._batches, device)
+            self._thread = threading.Thread(target=_worker, args=(produce, self._queue, self._stop),
+                                            name=f"tinyconv-prefetch-{split}", daemon=True)
+            self._thread.start()
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self._queue or queue.Queue(),
+                                           self._thread)
+
+    def __len__(self):
+        return len(self._batches) - self._pos
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._pos >= len(self._batches):
+            self.close()
+            raise StopIteration
+        rows = self._batches[self._pos]
+        if self._images is not None:
+            xp = self.xp
+            x_u8 = self._images[xp.asarray(rows)] if xp is not np else self._images[rows]
+        else:
+            item = self._queue.get()
+            if item is _END:
+                self.close()
+                raise StopIteration
+            if isinstance(item, _Failure):
+                self.close()
+                raise DataError(f"{self._path}: reading a batch failed: {item.exc!r}") from item.exc
+            x_u8 = item
+        self._pos += 1
+        x = to_model_input(x_u8, self.xp)
+        y = self.xp.asarray(self._labels[rows], dtype=self.xp.float32)
+        return Batch(x, y, rows)
+
+    def close(self):
+        """Stop the prefetch thread and drop queued batches. Safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _streaming_producer(images, split_rows, batches, device):
+    """A generator factory yielding each batch's uint8 images (on the device for the GPU)."""
+    if device == "gpu":
+        cp = require_gpu()
+        device_id = cp.cuda.Device().id  # the consumer's device: the worker thread must use it too
+
+    def produce(stop):
+        if device == "gpu":
+            with cp.cuda.Device(device_id):
+                stream = cp.cuda.Stream(non_blocking=True)
+                for rows in batches:
+                    if stop.is_set():
+                        return
+                    host = read_rows(images, split_rows[rows])
+                    with stream:
+                        x = cp.asarray(host)
+                    stream.synchronize()  # the copy is done before the consumer's stream uses it
+                    yield x
+        else:
+            for rows in batches:
+                if stop.is_set():
+                    return
+                yield read_rows(images, split_rows[rows])
+    return produce
