@@ -1,0 +1,29 @@
+import os
+
+import numpy as np
+import pytest
+
+# Keep tools from writing into the home folder during tests.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from tinyconv.backend import gpu_available  # noqa: E402
+
+
+def _xp_params():
+    gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+    return [pytest.param("numpy", id="cpu"), pytest.param("cupy", id="gpu", marks=[gpu, pytest.mark.gpu])]
+
+
+@pytest.fixture(params=_xp_params())
+def xp(request):
+    """The array module under test: NumPy always; CuPy where a GPU is present (else skipped)."""
+    if request.param == "numpy":
+        return np
+    import cupy
+    return cupy
+
+
+@pytest.fixture
+def device(xp):
+    return "cpu" if xp is np else "gpu"
