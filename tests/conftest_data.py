@@ -20,9 +20,11 @@ SMALL_COUNT = 40
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
-    """A 40-image synthetic set in the official folder layout (read-only: copy it to modify)."""
+    """A 40-image synthetic set in the official folder layout (read-only: copy it to modify).
+
+    Seed 1 gives 5 Blurry and 3 Eyeglasses images among the 40."""
     root = tmp_path_factory.mktemp("synth") / "official"
-    synthesize(root, count=SMALL_COUNT, seed=3, workers=1, progress=False)
+    synthesize(root, count=SMALL_COUNT, seed=1, workers=1, progress=False)
     return root
 
 
