@@ -48,7 +48,7 @@ def read_image(path, max_pixels=MAX_PIXELS):
     except Image.DecompressionBombError as exc:
         raise ImageInputError(f"{path}: refused as a possible decompression bomb ({exc})") from None
     except OSError as exc:
-        raise ImageInputError(f"{path}: cannot be opened ({exc})") from None
+        raise ImageInputError(f"{path}: damaged or truncated image file, cannot be opened ({exc})") from None
     with img:
         w, h = img.size
         # The header gives the size before any pixel is decoded: refuse before allocating.
