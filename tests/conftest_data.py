@@ -95,7 +95,8 @@ def make_h5(path, n, size=(54, 44), k=3, split=(0.8, 0.1, 0.1), seed=0):
         block = 256
         for s in range(0, n, block):
             e = min(n, s + block)
-            img[s:e] = (np.arange(s, e) % 251).astype(np.uint8)[:, None, None, None]
+            fill = (np.arange(s, e) % 251).astype(np.uint8)[:, None, None, None]
+            img[s:e] = np.broadcast_to(fill, (e - s, h, w, 3))  # a full array: h5py's own broadcast is slow
         f["labels"] = ((np.arange(n)[:, None] >> np.arange(k)) & 1).astype(np.uint8)
         f["partition"] = part
         f.create_dataset("filenames", data=[f"{i + 1:06d}.jpg" for i in range(n)], dtype=h5py.string_dtype())
