@@ -107,6 +107,9 @@ def _blend(img, m, color):
 def draw_face(rng, male, glasses, smiling, blurry):
     """One face: uint8 (218, 178, 3), plus a dict of drawn facts for the other attributes."""
     facts = {}
+    # One generator per attribute-bearing part: switching an attribute on or off changes only its
+    # own pixels (the rest of the face, the noise and the lighting stay identical).
+    rng, r_beard, r_mouth, r_glasses, r_finish = rng.spawn(5)
     img = np.empty((H, W, 3), np.float32)
     # background: a gradient between two random colours plus low-frequency blotches
     c1, c2 = rng.uniform(30, 230, 3), rng.uniform(30, 230, 3)
@@ -151,11 +154,11 @@ def draw_face(rng, male, glasses, smiling, blurry):
     # facial hair (half of the men): stubble or a full beard over the lower face, maybe a moustache
     facts["beard"] = facts["mustache"] = facts["stubble"] = False
     mouth_y = rng.uniform(33, 40)
-    if male and rng.random() < 0.5:
-        kind = rng.choice(["stubble", "beard"])
+    if male and r_beard.random() < 0.5:
+        kind = r_beard.choice(["stubble", "beard"])
         facts[kind] = True
         _blend(img, head * _soft(mouth_y - 14 - v) * (0.25 if kind == "stubble" else 0.7), hair * 0.8)
-        if rng.random() < 0.6:
+        if r_beard.random() < 0.6:
             facts["mustache"] = True
             cv.paint(lambda u, v: np.maximum(np.abs(u) - 15, np.abs(v - mouth_y + 6) - 2.5), hair * 0.7, 0.8,
                      at=(0, mouth_y - 6, 20))
@@ -182,32 +185,32 @@ def draw_face(rng, male, glasses, smiling, blurry):
     cv.paint(lambda u, v: _ellipse(u, v - 18, 6, 2.5), skin * 0.6, 0.6, at=(0, 18, 9))
 
     # mouth: v = mouth_y - k * u^2 (+ offset), corners up when k > 0 (smiling)
-    mw = rng.uniform(12, 17)
-    k = rng.uniform(0.012, 0.045) if smiling else rng.uniform(-0.015, 0.012)
+    mw = r_mouth.uniform(12, 17)
+    k = r_mouth.uniform(0.012, 0.045) if smiling else r_mouth.uniform(-0.015, 0.012)
 
     def curve(u, v):
         return v - (mouth_y - k * u ** 2 + k * mw ** 2 * 0.3)
-    opened = smiling and rng.random() < 0.5
+    opened = smiling and r_mouth.random() < 0.5
     facts["mouth_open"] = opened
-    lip = rng.uniform(0.55, 0.75) * skin * np.array([1.15, 0.8, 0.8])
+    lip = r_mouth.uniform(0.55, 0.75) * skin * np.array([1.15, 0.8, 0.8])
     at = (0, mouth_y, mw + 6)
     if opened:
-        gap_h = rng.uniform(3, 6)
+        gap_h = r_mouth.uniform(3, 6)
 
         def opening(u, v, inset, frac):
             c, gap = curve(u, v), gap_h * np.clip(1 - (u / mw) ** 2, 0, 1) * frac
             return np.maximum(np.abs(u) - mw + inset, np.maximum(-c, c - gap))
         cv.paint(lambda u, v: opening(u, v, 0, 1.0), (60, 25, 25), at=at)
         cv.paint(lambda u, v: opening(u, v, 3, 0.45), (235, 230, 220), at=at)
-    lip_t = rng.uniform(1.0, 1.6)
+    lip_t = r_mouth.uniform(1.0, 1.6)
     cv.paint(lambda u, v: np.maximum(np.abs(u) - mw, np.abs(curve(u, v)) - lip_t), lip, at=at)
 
     # eyeglasses: two rings around the eyes, a bridge and temples to the ears
     if glasses:
-        t = rng.uniform(1.3, 2.8)
-        frame = rng.uniform(0, 60, 3) if rng.random() < 0.6 else rng.uniform(140, 210, 3)
-        ga, gb = rng.uniform(10, 13), rng.uniform(7.5, 10)
-        tinted = rng.random() < 0.2
+        t = r_glasses.uniform(1.3, 2.8)
+        frame = r_glasses.uniform(0, 60, 3) if r_glasses.random() < 0.6 else r_glasses.uniform(140, 210, 3)
+        ga, gb = r_glasses.uniform(10, 13), r_glasses.uniform(7.5, 10)
+        tinted = r_glasses.random() < 0.2
         facts["tinted"] = tinted
         for sx in (-1, 1):
             at = (sx * ex, ey, ga + 4)
@@ -224,11 +227,11 @@ def draw_face(rng, male, glasses, smiling, blurry):
                  at=(0, ey, ex))
 
     # global lighting, sensor noise, blur
-    img *= rng.uniform(0.75, 1.15)
-    img += rng.normal(0, rng.uniform(2, 7), img.shape).astype(np.float32)
+    img *= r_finish.uniform(0.75, 1.15)
+    img += r_finish.normal(0, r_finish.uniform(2, 7), img.shape).astype(np.float32)
     out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
     if blurry:
-        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(2.0, 3.5)))
+        out = out.filter(ImageFilter.GaussianBlur(r_finish.uniform(2.0, 3.5)))
     return np.asarray(out), facts
 
 
