@@ -10,6 +10,7 @@ Before writing export.json the exported models are run on random images and held
 tinyconv's own forward pass (ONNX Runtime; the Core ML program through mil_check's interpreter).
 """
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -113,6 +114,12 @@ def export(source=None, out=None, float16=False, runs_dir="runs", coreml=True, l
     float16 makes the Core ML program float16 (the ONNX model stays float32, the reference).
     Without a usable coremltools the ONNX model is still written and the report says what to install.
     """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is first imported
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401  (the parity check runs the exported graph)
+    except ImportError as exc:
+        raise RuntimeError(f"exporting needs onnx and onnxruntime ({exc}): pip install -e .[onnx]") from None
     checkpoint = find_checkpoint(source, runs_dir)
     model, meta = load_trained(checkpoint)
     out = Path(out) if out is not None else default_out(checkpoint)

@@ -118,11 +118,10 @@ class CoreMLProgram:
 
     def _run(self, feeds):
         env = dict(feeds)
-        consts = {}
         for op in self.block.operations:
             out = op.outputs[0]
             if op.type == "const":
-                env[out.name] = consts[out.name] = self._value(op.attributes["val"])
+                env[out.name] = self._value(op.attributes["val"])
                 continue
             a = lambda key, default=None: self._arg(env, op, key, default)  # noqa: E731
             y = _OPS[op.type](a) if op.type in _OPS else None
