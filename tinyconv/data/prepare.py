@@ -35,6 +35,7 @@ from .resize import FULL_SIZE, RESIZE_FILTER, RESIZE_POLICY, resize_to_model
 
 FORMAT_VERSION = 1
 _WRITE_BLOCK = 64  # images gathered before one h5py write: fewer, larger writes
+_TASK = 16  # images per thread task: amortises the executor's per-task overhead (~0.5 ms per image)
 
 
 def settings_key(image_size, attributes, drop_blurry):
@@ -58,6 +59,10 @@ def _decode(read, name, size):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         # OSError covers UnidentifiedImageError and "image file is truncated"
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def _decode_many(read, names, size):
+    return [_decode(read, name, size) for name in names]
 
 
 def prepare(root, out, image_size=FULL_SIZE, attributes=DEFAULT_ATTRIBUTES, drop_blurry=True,
@@ -159,32 +164,39 @@ def _write_images(tmp, source, names, rows, image_size, workers, progress, wrong
         images = f.create_dataset("images", shape=(n, h, w, 3), maxshape=(None, h, w, 3),
                                   dtype=np.uint8, chunks=(1, h, w, 3))
         pending = collections.deque()  # bounded window of futures, consumed in order
-        nxt = 0
+        starts = iter(range(0, n, _TASK))
         try:
-            while nxt < n or pending:
-                while nxt < n and len(pending) < 8 * workers:
-                    pending.append((nxt, pool.submit(_decode, read, names[nxt], (h, w))))
-                    nxt += 1
-                i, fut = pending.popleft()
+            while True:
+                while len(pending) < 4 * workers:  # keep every worker busy, memory bounded
+                    s = next(starts, None)
+                    if s is None:
+                        break
+                    chunk = names[s:s + _TASK]
+                    pending.append((s, pool.submit(_decode_many, read, chunk, (h, w))))
+                if not pending:
+                    break
+                s, fut = pending.popleft()
                 try:
-                    arr, info = fut.result()
-                except Exception as exc:  # a bug, not bad data: surface it with the file named
-                    raise DataError(f"{source.describe_image(names[i])}: decoding failed: {exc}") from exc
-                bar.update(1)
-                if arr is None:
-                    skipped.append({"file": source.describe_image(names[i]), "reason": info})
-                    continue
-                if info:
-                    if wrong_size == "error":
-                        raise DataError(f"{source.describe_image(names[i])}: image is not 218x178 "
-                                        "(prepare(wrong_size='resize') would resize it by the policy)")
-                    resized.append(source.describe_image(names[i]))
-                block[filled] = arr
-                filled += 1
-                ok_rows.append(i)
-                if filled == _WRITE_BLOCK:
-                    images[written:written + filled] = block
-                    written, filled = written + filled, 0
+                    results = fut.result()
+                except Exception as exc:  # a bug, not bad data: surface it with the files named
+                    raise DataError(f"{source.describe_image(names[s])} (or one of the {_TASK} after it): "
+                                    f"decoding failed: {exc}") from exc
+                for i, (arr, info) in enumerate(results, start=s):
+                    if arr is None:
+                        skipped.append({"file": source.describe_image(names[i]), "reason": info})
+                        continue
+                    if info:
+                        if wrong_size == "error":
+                            raise DataError(f"{source.describe_image(names[i])}: image is not 218x178 "
+                                            "(prepare(wrong_size='resize') would resize it by the policy)")
+                        resized.append(source.describe_image(names[i]))
+                    block[filled] = arr
+                    filled += 1
+                    ok_rows.append(i)
+                    if filled == _WRITE_BLOCK:
+                        images[written:written + filled] = block
+                        written, filled = written + filled, 0
+                bar.update(len(results))
             if filled:
                 images[written:written + filled] = block[:filled]
                 written += filled
