@@ -41,8 +41,11 @@ def make_run(runs_dir, name="run-a", H=54, W=44, seed=0, synthetic=True):
 def face_images(n, H, W, seed=0):
     """Realistic-looking uint8 (n, H, W, 3) images: the synthetic face painter, through the resize policy."""
     from tinyconv.data.resize import resize_to_model
-    from tinyconv.data.synthetic import _one
-    return np.stack([resize_to_model(_one(seed, i, 0.0)[0], (H, W)) for i in range(n)])
+    from tinyconv.data.synthetic import draw_face
+    rng = np.random.default_rng(seed)
+    faces = [draw_face(rng, male=i % 2 == 0, glasses=i % 3 == 0, smiling=i % 2 == 1, blurry=False)[0]
+             for i in range(n)]
+    return np.stack([resize_to_model(f, (H, W)) for f in faces])
 
 
 def test_make_run_writes_a_loadable_checkpoint(tmp_path):
