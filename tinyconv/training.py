@@ -1,0 +1,639 @@
+"""The training loop: epochs of forward, loss, backward, optimizer step, under a schedule.
+
+One run = one schedule, in one folder:
+    config.json              every setting, versions, device, data
+    metrics.csv / .jsonl     one row per epoch (see METRIC_COLUMNS)
+    train.log                the per-epoch summaries and every schedule change with its reason
+    checkpoints/last.h5      after every epoch (and on Ctrl-C, mid-epoch)
+    checkpoints/best.h5      the epoch with the lowest validation loss
+Checkpoints hold everything a run needs to continue exactly: weights, BatchNorm buffers,
+optimizer state, schedule state, dropout generator states, the data position (epoch, batch)
+and the metrics so far. The data order is a pure function of (seed, epoch), so it needs no state.
+
+A batch larger than ``max_micro_batch`` is split into micro-batches whose gradients are summed
+(each weighted by its share of the batch) before one optimizer step. The gradient of every
+weight is then that of the whole batch, except through BatchNorm, which normalises each
+micro-batch with its own statistics (as "ghost batch norm" does) and updates its running
+statistics once per micro-batch.
+"""
+import csv
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backend import gpu_status, to_cpu, xp_for
+from .checkpoint import load_checkpoint, save_checkpoint
+from .losses import BCEWithLogits
+from .models import build_model, seed_cnn
+from .optim import SGD, Adam
+from .schedules import SCHEDULES, make_schedule
+
+ATTRIBUTES = ("Eyeglasses", "Male", "Smiling")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (diverged loss, bad settings); the message says why and what was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; config.json holds exactly these (plus versions and data facts)."""
+    schedule: str = "constant"                 # constant | batch-increase | lr-decay
+    device: str = "cpu"
+    data: str = None                           # CelebA root, prepared .h5, or None = built-in synthetic
+    cache_dir: str = "data"
+    image_size: tuple = (54, 44)
+    attributes: tuple = ATTRIBUTES
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-3
+    factor: float = 2.0                        # the study's alpha: batch size x factor, or lr / factor
+    patience: int = 1
+    min_delta: float = 1e-4
+    cooldown: int = 0
+    max_batch_size: int = 1024
+    on_max: str = "stop"                       # batch-increase at its cap: stop | lr-decay (hybrid)
+    min_lr: float = 0.0
+    milestones: tuple = ()                     # change at these epochs instead of on a plateau
+    optimizer: str = "adam"                    # adam | sgd
+    momentum: float = 0.9                      # for sgd
+    adam_eps: float = 1e-7                     # Keras' default, as in the study
+    init: str = "he_normal"
+    width: float = 1.0
+    dropout: float = 0.3
+    pos_weight: tuple = None                   # per-attribute positive weights for the loss
+    seed: int = 0
+    max_micro_batch: int = None                # split larger batches, accumulating gradients
+    eval_batch_size: int = 256
+    resident: bool = False                     # keep the training images in (GPU) memory
+    synthetic_count: int = None                # size of the built-in set (None: its default)
+    progress: bool = True
+
+    def __post_init__(self):
+        self.image_size = tuple(int(s) for s in self.image_size)
+        self.attributes = tuple(self.attributes)
+        self.milestones = tuple(int(m) for m in (self.milestones or ()))
+        if self.pos_weight is not None:
+            self.pos_weight = tuple(float(w) for w in self.pos_weight)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected adam or sgd")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.max_batch_size < self.batch_size:
+            raise ValueError(f"max_batch_size ({self.max_batch_size}) is below batch_size ({self.batch_size})")
+        if self.max_micro_batch is not None and self.max_micro_batch < 1:
+            raise ValueError(f"max_micro_batch must be at least 1, got {self.max_micro_batch}")
+
+    def to_json(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def metric_columns(attributes):
+    cols = ["epoch", "train_loss", "val_loss"]
+    for split in ("train", "val"):
+        cols += [f"{split}_acc_{a}" for a in attributes] + [f"{split}_acc_mean"]
+    cols += ["batch_size", "lr", "updates", "images_seen", "epoch_time_s", "wall_time_s", "images_per_s",
+             "noise_scale", "change"]
+    return cols
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+def build_optimizer(cfg, model):
+    if cfg.optimizer == "adam":
+        return Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    return SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+
+
+def build_schedule(cfg):
+    patience = None if cfg.milestones else cfg.patience
+    return make_schedule(cfg.schedule, lr=cfg.lr, batch_size=cfg.batch_size, factor=cfg.factor,
+                         patience=patience, min_delta=cfg.min_delta, cooldown=cfg.cooldown,
+                         min_lr=cfg.min_lr, max_batch_size=cfg.max_batch_size, on_max=cfg.on_max,
+                         milestones=list(cfg.milestones) or None)
+
+
+def dropout_states(model):
+    return {layer.name: layer.rng.bit_generator.state for layer in model.layers if hasattr(layer, "rng")}
+
+
+def set_dropout_states(model, states):
+    for layer in model.layers:
+        if hasattr(layer, "rng"):
+            layer.rng.bit_generator.state = states[layer.name]
+
+
+def evaluate(model, ds, split, batch_size, device, loss_fn=None):
+    """Mean loss and per-attribute accuracy (threshold 0.5) of ``model`` on a split, inference mode."""
+    xp = xp_for(device)
+    loss_fn = loss_fn or BCEWithLogits()
+    K = len(ds.attributes)
+    total, loss_sum, correct = 0, xp.zeros((), dtype=xp.float64), xp.zeros(K, dtype=xp.int64)
+    for batch in ds.batches(split, batch_size, shuffle=False, device=device):
+        logits = model.forward(batch.x, train=False)
+        n = len(batch.index)
+        loss_sum += loss_fn.forward_array(logits, batch.y).astype(xp.float64) * n
+        correct += ((logits > 0) == (batch.y > 0.5)).sum(axis=0)
+        total += n
+    model.clear_cache()
+    if total == 0:
+        raise TrainingError(f"{ds.path}: the {split} split is empty")
+    return float(loss_sum) / total, to_cpu(correct) / total
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+class Run:
+    """One schedule's training run in ``run_dir``; ``Run.resume(run_dir)`` continues one exactly."""
+
+    def __init__(self, cfg, run_dir, ds, model=None):
+        self.cfg, self.dir, self.ds = cfg, Path(run_dir), ds
+        self.xp = xp_for(cfg.device)
+        self.model = model if model is not None else seed_cnn(
+            num_outputs=len(ds.attributes), input_shape=(3,) + tuple(ds.image_size), width=cfg.width,
+            dropout=cfg.dropout, init=cfg.init, seed=cfg.seed)
+        self.model.to(cfg.device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.schedule = build_schedule(cfg)
+        self.loss_fn = BCEWithLogits(pos_weight=cfg.pos_weight)
+        self.columns = metric_columns(ds.attributes)
+        self.metrics = []                        # rows so far
+        self.epoch = 0                           # completed epochs
+        self.batch = 0                           # batches done in the current epoch
+        self.updates = self.images_seen = 0
+        self.wall_time = 0.0                     # training + validation seconds, summed over sessions
+        self.batch_size, self.lr = cfg.batch_size, cfg.lr
+        self.best_val_loss, self.best_epoch = math.inf, None
+        self.pending_change = ""                 # reason text, logged in the next row
+        self.accum = self._fresh_accum()         # the current epoch's running sums
+        self.stop = StopRequest()
+
+    def _fresh_accum(self):
+        return {"loss_sum": 0.0, "correct": [0] * len(self.ds.attributes), "seen": 0, "seconds": 0.0}
+
+    # --- files ---------------------------------------------------------------------------------
+    @property
+    def ckpt_dir(self):
+        return self.dir / "checkpoints"
+
+    def write_config(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir.mkdir(exist_ok=True)
+        info = {"config": self.cfg.to_json(), "model": self.model.config,
+                "num_params": self.model.num_params(), "data": data_facts(self.ds),
+                "device": device_facts(self.cfg.device), "versions": versions(),
+                "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_text(self.dir / "config.json", json.dumps(info, indent=2) + "\n")
+
+    def meta(self):
+        """What export and evaluation need to know without loading arrays."""
+        from .data import RESIZE_POLICY
+        return {"model": self.model.config, "attributes": list(self.ds.attributes),
+                "image_size": list(self.ds.image_size), "resize_policy": RESIZE_POLICY,
+                "synthetic": bool(self.ds.synthetic), "run_dir": str(self.dir), "schedule": self.cfg.schedule,
+                "epoch": self.epoch, "tinyconv_version": __version__, "data_source": str(self.ds.path),
+                "best_epoch": self.best_epoch, "best_val_loss": finite_or_none(self.best_val_loss)}
+
+    def state(self):
+        return {
+            "meta": self.meta(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": {"dropout": dropout_states(self.model)},
+            "progress": {"epoch": self.epoch, "batch": self.batch, "updates": self.updates,
+                         "images_seen": self.images_seen, "wall_time": self.wall_time,
+                         "batch_size": self.batch_size, "lr": self.lr,
+                         "best_val_loss": finite_or_none(self.best_val_loss), "best_epoch": self.best_epoch,
+                         "pending_change": self.pending_change, "accum": self.accum},
+            "metrics": self.metrics,
+        }
+
+    def save(self, name):
+        save_checkpoint(self.ckpt_dir / f"{name}.h5", self.state(), meta=self.meta())
+
+    def load_state(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        set_dropout_states(self.model, state["rng"]["dropout"])
+        p = state["progress"]
+        self.epoch, self.batch = int(p["epoch"]), int(p["batch"])
+        self.updates, self.images_seen, self.wall_time = int(p["updates"]), int(p["images_seen"]), float(p["wall_time"])
+        self.batch_size, self.lr = int(p["batch_size"]), float(p["lr"])
+        self.optimizer.lr = self.lr
+        self.best_val_loss = math.inf if p["best_val_loss"] is None else float(p["best_val_loss"])
+        self.best_epoch = p["best_epoch"]
+        self.pending_change = p["pending_change"]
+        self.accum = p["accum"]
+        self.metrics = list(state["metrics"])
+        self._rewrite_metric_files()
+
+    @classmethod
+    def resume(cls, run_dir, ds_loader, epochs=None, progress=None):
+        """Rebuild a run from ``run_dir/config.json`` and continue from ``checkpoints/last.h5``."""
+        run_dir = Path(run_dir)
+        config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.h5"
+        if not config_file.is_file() or not last.is_file():
+            raise TrainingError(f"{run_dir}: cannot resume: needs config.json and checkpoints/last.h5")
+        info = json.loads(config_file.read_text())
+        cfg = TrainConfig.from_json(info["config"])
+        if epochs is not None:
+            cfg.epochs = epochs
+        if progress is not None:
+            cfg.progress = progress
+        state = load_checkpoint(last)
+        ds = ds_loader(cfg)
+        run = cls(cfg, run_dir, ds, model=build_model(state["meta"]["model"]))
+        run.load_state(state)
+        return run
+
+    def _rewrite_metric_files(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns)
+            w.writeheader()
+            w.writerows(self.metrics)
+        with open(self.dir / "metrics.jsonl", "w") as f:
+            for row in self.metrics:
+                f.write(json.dumps(row) + "\n")
+
+    def _append_metrics(self, row):
+        new = not (self.dir / "metrics.csv").exists()
+        with open(self.dir / "metrics.csv", "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def log(self, text):
+        with open(self.dir / "train.log", "a") as f:
+            f.write(text + "\n")
+        write_line(text)
+
+    # --- training ------------------------------------------------------------------------------
+    def train(self):
+        """Run the remaining epochs. Ctrl-C saves the exact position to last.h5 and re-raises."""
+        if self.epoch == 0 and self.batch == 0:
+            self.write_config()
+            self.log(f"run {self.dir}: schedule {self.cfg.schedule}, {self.cfg.epochs} epochs, batch "
+                     f"{self.batch_size}, lr {self.lr:g}, {self.cfg.optimizer}, device {self.cfg.device}, "
+                     f"{self.model.num_params():,} parameters, data {self.ds.path}")
+            if self.ds.synthetic:
+                self.log("NOTE: built-in synthetic faces, a stand-in for testing and teaching; "
+                         "these are NOT CelebA results")
+        else:
+            self.log(f"resuming {self.dir} at epoch {self.epoch + 1}, batch {self.batch}")
+        with StopRequest() as self.stop:
+            while self.epoch < self.cfg.epochs:
+                try:
+                    self.stop.check()
+                    self.train_epoch()
+                except KeyboardInterrupt:
+                    self.save("last")
+                    self.log(f"interrupted: saved {self.ckpt_dir / 'last.h5'} at epoch {self.epoch + 1}, "
+                             f"batch {self.batch}; continue with --resume {self.dir}")
+                    raise
+                self.end_epoch()
+        return self.metrics
+
+    def train_epoch(self):
+        cfg, ds, xp = self.cfg, self.ds, self.xp
+        bs = self.batch_size
+        n_batches = ds.num_batches("train", bs)
+        K = len(ds.attributes)
+        batches = ds.batches("train", bs, seed=cfg.seed, epoch=self.epoch, start_batch=self.batch,
+                             device=cfg.device, resident=cfg.resident)
+        bar = progress_bar(total=n_batches, initial=self.batch, disable=not cfg.progress,
+                           desc=f"{cfg.schedule} epoch {self.epoch + 1}/{cfg.epochs}", unit="batch")
+        acc = self.accum
+        correct = xp.asarray(np.asarray(acc["correct"], dtype=np.int64))
+        lagging = None                     # last step's loss array: read one step late (no GPU stall)
+        t0 = time.perf_counter()
+        try:
+            for batch in batches:
+                loss = self.step(batch)
+                n = len(batch.index)
+                correct += self._batch_correct
+                if lagging is not None:
+                    self._account(float(lagging[0]), lagging[1], bar)
+                lagging = (loss, n)
+                self.batch += 1
+                self.updates += 1
+                self.images_seen += n
+                acc["seen"] += n
+                self.stop.check()
+            if lagging is not None:
+                self._account(float(lagging[0]), lagging[1], bar)
+                lagging = None
+        finally:
+            # On Ctrl-C, keep the exact position: the running sums for the batches done so far.
+            if lagging is not None:
+                self._account(float(lagging[0]), lagging[1], None)
+            acc["correct"] = [int(c) for c in to_cpu(correct)]
+            acc["seconds"] += time.perf_counter() - t0
+            self.wall_time += time.perf_counter() - t0
+            bar.close()
+            batches.close()
+            self.model.clear_cache()
+        assert len(acc["correct"]) == K
+
+    def _account(self, loss_value, n, bar):
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the training loss became {loss_value} at epoch {self.epoch + 1}, batch {self.batch} "
+                f"(lr {self.lr:g}, batch size {self.batch_size}); stopped. The last good checkpoint "
+                f"{self.ckpt_dir / 'last.h5'} is kept: resume from it with a lower --lr")
+        self.accum["loss_sum"] += loss_value * n
+        if bar is not None:
+            seen = max(self.accum["seen"], 1)
+            bar.set_postfix_str(f"loss {self.accum['loss_sum'] / seen:.4f}", refresh=False)
+            bar.update(1)
+
+    def step(self, batch):
+        """One optimizer step on a batch (split into micro-batches if it is too large); returns the loss array."""
+        model, loss_fn, xp = self.model, self.loss_fn, self.xp
+        B = len(batch.index)
+        micro = self.cfg.max_micro_batch or B
+        if micro >= B:
+            logits = model.forward(batch.x)
+            loss = loss_fn.forward_array(logits, batch.y)
+            model.backward(loss_fn.backward())
+            self._batch_correct = ((logits > 0) == (batch.y > 0.5)).sum(axis=0)
+        else:
+            total = {}
+            loss = xp.zeros((), dtype=xp.float32)
+            self._batch_correct = 0
+            for s in range(0, B, micro):
+                x, y = batch.x[s:s + micro], batch.y[s:s + micro]
+                share = len(x) / B
+                logits = model.forward(x)
+                loss = loss + loss_fn.forward_array(logits, y) * share
+                model.backward(loss_fn.backward() * share)
+                self._batch_correct = self._batch_correct + ((logits > 0) == (y > 0.5)).sum(axis=0)
+                for i, (_, grads) in enumerate(model.parameters()):
+                    for k, g in grads.items():
+                        if (i, k) in total:
+                            total[(i, k)] += g
+                        else:
+                            total[(i, k)] = g.copy()
+            for i, (_, grads) in enumerate(model.parameters()):
+                for k in grads:
+                    grads[k] = total[(i, k)]
+        self.optimizer.step()
+        return loss
+
+    def end_epoch(self):
+        cfg, acc = self.cfg, self.accum
+        t0 = time.perf_counter()
+        val_loss, val_acc = evaluate(self.model, self.ds, "validation", cfg.eval_batch_size, cfg.device,
+                                     self.loss_fn)
+        self.wall_time += time.perf_counter() - t0
+        self.epoch += 1
+        seen = max(acc["seen"], 1)
+        train_acc = np.asarray(acc["correct"]) / seen
+        row = {"epoch": self.epoch, "train_loss": acc["loss_sum"] / seen, "val_loss": val_loss}
+        for split, a in (("train", train_acc), ("val", val_acc)):
+            row.update({f"{split}_acc_{name}": float(v) for name, v in zip(self.ds.attributes, a)})
+            row[f"{split}_acc_mean"] = float(np.mean(a))
+        n_train = self.ds.split_size("train")
+        row.update({"batch_size": self.batch_size, "lr": self.lr, "updates": self.updates,
+                    "images_seen": self.images_seen, "epoch_time_s": acc["seconds"], "wall_time_s": self.wall_time,
+                    "images_per_s": acc["seen"] / max(acc["seconds"], 1e-9),
+                    "noise_scale": self.lr * n_train / self.batch_size, "change": self.pending_change})
+        self.metrics.append(row)
+        self._append_metrics(row)
+        self.log(f"{cfg.schedule} epoch {self.epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
+                 f"acc {row['train_acc_mean']:.4f} | val loss {val_loss:.4f} acc {row['val_acc_mean']:.4f} | "
+                 f"batch {self.batch_size} lr {self.lr:.3g} | {self.updates} updates | "
+                 f"{row['images_per_s']:.0f} img/s | {self.wall_time:.0f} s")
+        improved = val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = val_loss, self.epoch
+        # The schedule decides at the end of the epoch; the change applies from the next one.
+        self.pending_change = ""
+        if self.schedule.step({"val_loss": val_loss, "val_acc": row["val_acc_mean"]}) is not None:
+            change = self.schedule.last_change
+            if change.what == "lr":
+                self.lr = float(change.new)
+                self.optimizer.lr = self.lr
+            else:
+                self.batch_size = int(change.new)
+            self.pending_change = str(change)
+            self.log(f"schedule change: {change}")
+        self.batch, self.accum = 0, self._fresh_accum()
+        self.save("last")
+        if improved:
+            self.save("best")
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def finite_or_none(v):
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def atomic_write_text(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def versions():
+    import h5py
+    out = {"tinyconv": __version__, "python": platform.python_version(), "numpy": np.__version__,
+           "h5py": h5py.__version__}
+    for name in ("numba", "cupy"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:
+            out[name] = None
+    return out
+
+
+def device_facts(device):
+    facts = {"device": device, "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    if device == "gpu":
+        facts["gpu"] = gpu_status()
+    return facts
+
+
+def data_facts(ds):
+    return {"path": str(ds.path), "synthetic": bool(ds.synthetic), "source_layout": ds.source_layout,
+            "image_size": list(ds.image_size), "attributes": list(ds.attributes),
+            "sizes": {s: ds.split_size(s) for s in ("train", "validation", "test")},
+            "fingerprint": ds.fingerprint}
+
+
+def progress_bar(**kw):
+    from tqdm import tqdm
+    return tqdm(file=sys.stderr, dynamic_ncols=True, leave=False, **kw)
+
+
+def write_line(text):
+    from tqdm import tqdm
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the next safe point (between two steps,
+    never inside an optimizer update), where it saves the exact position. A second Ctrl-C stops at
+    once. SIGKILL cannot be caught: a killed run resumes from its last checkpoint."""
+
+    def __init__(self):
+        self.requested = False
+        self.old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.old[sig] = signal.signal(sig, self._handle)
+            except ValueError:          # not the main thread: leave the default handlers
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        write_line("stopping after this step (Ctrl-C again to stop at once)")
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# --- experiments: one or several schedules from the same start ---------------------------------
+
+def open_data(cfg):
+    from .data import load_dataset
+    kw = {} if cfg.synthetic_count is None else {"synthetic_count": cfg.synthetic_count}
+    return load_dataset(cfg.data, image_size=cfg.image_size, attributes=cfg.attributes,
+                        cache_dir=cfg.cache_dir, progress=cfg.progress, **kw)
+
+
+def evaluate_checkpoint(path, ds, device="cpu", batch_size=256, splits=("train", "validation", "test")):
+    """{split: (loss, per-attribute accuracy)} for the weights in a checkpoint."""
+    state = load_checkpoint(path)
+    model = build_model(state["meta"]["model"])
+    model.load_state_dict(state["model"])
+    model.to(device)
+    return {s: evaluate(model, ds, s, batch_size, device) for s in splits}
+
+
+def comparison_table(run_dirs, ds, device="cpu"):
+    """The study's table: accuracy of each run's best checkpoint on train / validation / test, plus
+    what each schedule did to get there. Returns (rows as dicts, Markdown text)."""
+    rows = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        state_meta = json.loads((run_dir / "config.json").read_text())
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        from .checkpoint import read_checkpoint_meta
+        meta = read_checkpoint_meta(run_dir / "checkpoints" / "best.h5")
+        best = meta["best_epoch"]
+        results = evaluate_checkpoint(run_dir / "checkpoints" / "best.h5", ds, device)
+        at_best = metrics[best - 1]
+        row = {"run": run_dir.name, "schedule": state_meta["config"]["schedule"], "best_epoch": best}
+        for split, (loss, acc) in results.items():
+            row[f"{split}_acc"] = float(np.mean(acc))
+            row[f"{split}_loss"] = loss
+            for name, a in zip(ds.attributes, acc):
+                row[f"{split}_acc_{name}"] = float(a)
+        row.update({"updates_to_best": at_best["updates"], "wall_time_to_best_s": at_best["wall_time_s"],
+                    "final_batch_size": metrics[-1]["batch_size"], "final_lr": metrics[-1]["lr"],
+                    "changes": [m["change"] for m in metrics if m["change"]]})
+        rows.append(row)
+    return rows, markdown_table(rows, ds)
+
+
+def markdown_table(rows, ds):
+    head = "| | " + " | ".join(r["schedule"] for r in rows) + " |"
+    lines = [head, "|---" * (len(rows) + 1) + "|"]
+    pct = lambda v: f"{100 * v:.2f}%"
+    for split, label in (("train", "train accuracy"), ("validation", "validation accuracy"), ("test", "test accuracy")):
+        lines.append(f"| {label} | " + " | ".join(pct(r[f"{split}_acc"]) for r in rows) + " |")
+    for name in ds.attributes:
+        lines.append(f"| test {name} | " + " | ".join(pct(r[f"test_acc_{name}"]) for r in rows) + " |")
+    lines.append("| best epoch | " + " | ".join(str(r["best_epoch"]) for r in rows) + " |")
+    lines.append("| updates to best | " + " | ".join(f"{r['updates_to_best']:,}" for r in rows) + " |")
+    lines.append("| wall time to best | " + " | ".join(f"{r['wall_time_to_best_s']:.0f} s" for r in rows) + " |")
+    lines.append("| final batch size | " + " | ".join(str(r["final_batch_size"]) for r in rows) + " |")
+    lines.append("| final learning rate | " + " | ".join(f"{r['final_lr']:.3g}" for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(run_dirs, out_dir, ds, device="cpu"):
+    """comparison.md and comparison.csv in ``out_dir``; returns the Markdown table."""
+    rows, table = comparison_table(run_dirs, ds, device)
+    out_dir = Path(out_dir)
+    note = ("\n\n**Data: the built-in synthetic faces, a stand-in for testing and teaching. These are NOT "
+            "CelebA results.**\n" if ds.synthetic else "\n")
+    text = f"# Schedule comparison\n\nData: `{ds.path}`, images {ds.image_size[0]}x{ds.image_size[1]}, " \
+           f"attributes {', '.join(ds.attributes)}. Accuracy of each run's best checkpoint (lowest " \
+           f"validation loss), threshold 0.5.{note}\n{table}\n"
+    for r in rows:
+        if r["changes"]:
+            text += f"\n{r['schedule']} changes:\n" + "".join(f"- {c}\n" for c in r["changes"])
+    atomic_write_text(out_dir / "comparison.md", text)
+    flat = [{k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
+    with open(out_dir / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(flat[0]))
+        w.writeheader()
+        w.writerows(flat)
+    return table
+
+
+def run_experiment(cfg, schedules, run_dir, resume=False):
+    """Train each schedule from the same initial weights and data order into ``run_dir/<schedule>``
+    (or ``run_dir`` itself for a single schedule); returns the run folders."""
+    run_dir = Path(run_dir)
+    single = len(schedules) == 1
+    ds = open_data(cfg)
+    dirs = []
+    try:
+        for name in schedules:
+            d = run_dir if single else run_dir / name
+            if resume and (d / "checkpoints" / "last.h5").is_file():
+                run = Run.resume(d, lambda c: ds, epochs=cfg.epochs, progress=cfg.progress)
+            else:
+                c = TrainConfig.from_json({**cfg.to_json(), "schedule": name})
+                run = Run(c, d, ds)
+            run.train()
+            dirs.append(d)
+        if not single:
+            table = write_comparison(dirs, run_dir, ds, cfg.device)
+            write_line("\n" + table + f"\n\nwrote {run_dir / 'comparison.md'} and comparison.csv")
+    finally:
+        ds.close()
+    return dirs
