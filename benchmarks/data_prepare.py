@@ -6,7 +6,6 @@ Uses the built-in synthetic set (same JPEG layout and size as CelebA's aligned i
 Prints Markdown tables. Numbers are images per second on this machine; run them on an idle machine.
 """
 import argparse
-import io
 import os
 import shutil
 import sys

@@ -1,7 +1,6 @@
 """``Dataset`` (a prepared HDF5 file, opened) and ``load_dataset`` (find, build or reuse the cache)."""
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
