@@ -9,6 +9,7 @@ from .layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool
 from .losses import BCEWithLogits, sigmoid
 from .models import seed_cnn
 from .optim import SGD, Adam
+from .predict import load
 from .sequential import Sequential
 
 __version__ = "0.1.0"
@@ -16,4 +17,4 @@ __version__ = "0.1.0"
 __all__ = ["Conv2D", "MaxPool2D", "Dense", "BatchNorm2D", "ReLU", "Dropout", "GlobalAvgPool2D",
            "Flatten", "Layer", "Sequential", "BCEWithLogits", "sigmoid", "Adam", "SGD", "seed_cnn",
            "get_array_module", "to_device", "to_cpu", "gpu_available", "gpu_status",
-           "GPUUnavailableError", "__version__"]
+           "GPUUnavailableError", "load", "__version__"]

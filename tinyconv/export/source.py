@@ -21,7 +21,9 @@ def newest_run(runs_dir=DEFAULT_RUNS_DIR):
     if not runs_dir.is_dir():
         raise ModelSourceError(f"{runs_dir}: no runs folder (train a model first, or pass a checkpoint "
                                "or an exported folder)")
-    bests = [p for p in runs_dir.glob("*/checkpoints/best.h5") if p.is_file()]
+    # a single run is runs/<name>/; `train.py --schedule all` writes runs/<name>/<schedule>/
+    bests = [p for pattern in ("*/checkpoints/best.h5", "*/*/checkpoints/best.h5")
+             for p in runs_dir.glob(pattern) if p.is_file()]
     if not bests:
         raise ModelSourceError(f"{runs_dir}: no run has a checkpoints/best.h5 yet")
     return max(bests, key=lambda p: p.stat().st_mtime).parent.parent
