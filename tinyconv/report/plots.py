@@ -1,0 +1,103 @@
+"""The study's figures as PNG, drawn with matplotlib's object API on the Agg canvas (no pyplot,
+so the caller's backend and global state are left alone).
+
+curves: validation (solid) and training (dashed) accuracy and loss of every run, against epoch,
+parameter updates or wall time; schedule: each run's batch size and learning rate per epoch.
+A run's best epoch (lowest validation loss, the checkpoint evaluated) is a filled dot.
+"""
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+X_AXES = {"epoch": ("epoch", "epoch"), "updates": ("updates", "parameter updates (optimizer steps)"),
+          "wall_time": ("wall_time_s", "wall time (s, training + validation)")}
+
+
+def _styles(runs):
+    """One colour and marker per schedule; the seeds of a schedule share them."""
+    schedules = list(dict.fromkeys(r.schedule for r in runs))
+    return {s: (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)]) for i, s in enumerate(schedules)}
+
+
+def _legend_label(run, runs):
+    same = [r for r in runs if r.schedule == run.schedule]
+    return run.schedule if len(same) == 1 else f"{run.schedule} (seed {run.seed})"
+
+
+def _figure(ncols, title, notes):
+    fig = Figure(figsize=(6.2 * ncols, 4.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(title + ("\n" + "\n".join(notes) if notes else ""), fontsize=12)
+    return fig, fig.subplots(1, ncols)
+
+
+def plot_curves(runs, x="epoch", path=None, notes=()):
+    """Accuracy (mean over attributes) and loss against ``x`` (epoch | updates | wall_time)."""
+    key, xlabel = X_AXES[x]
+    styles = _styles(runs)
+    fig, (ax_acc, ax_loss) = _figure(2, f"Accuracy and loss against {xlabel.split(' (')[0]}", notes)
+    for r in runs:
+        color, marker = styles[r.schedule]
+        xs = [row[key] for row in r.metrics]
+        label = _legend_label(r, runs)
+        for ax, what in ((ax_acc, "acc_mean"), (ax_loss, "loss")):
+            ax.plot(xs, [row[f"val_{what}"] for row in r.metrics], color=color, marker=marker, ms=4,
+                    lw=1.8, label=f"{label}, validation")
+            ax.plot(xs, [row[f"train_{what}"] for row in r.metrics], color=color, ls="--", lw=1.2,
+                    alpha=0.8, label=f"{label}, training")
+            best = r.row_at_best()
+            ax.plot([best[key]], [best[f"val_{what}"]], color=color, marker=marker, ms=10, mec="black",
+                    ls="none")
+    ax_acc.set_ylabel("accuracy (mean over attributes, threshold 0.5)")
+    ax_loss.set_ylabel("binary cross-entropy loss")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if x == "epoch":
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_loss.legend(fontsize=8, loc="best", title="big dot = best epoch", title_fontsize=8)
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def plot_schedule(runs, path=None, notes=()):
+    """Batch size (log 2 axis) and learning rate (log axis) of each run, epoch by epoch."""
+    styles = _styles(runs)
+    fig, (ax_bs, ax_lr) = _figure(2, "What each schedule changed", notes)
+    n = len(runs)
+    for i, r in enumerate(runs):
+        color, marker = styles[r.schedule]
+        epochs = [row["epoch"] for row in r.metrics]
+        # Overlapping lines (two schedules that keep the batch size) stay visible: each later run is
+        # drawn thinner on top of the earlier ones.
+        lw = 1.5 + 2.5 * (n - 1 - i) / max(n - 1, 1)
+        label = _legend_label(r, runs)
+        ax_bs.plot(epochs, [row["batch_size"] for row in r.metrics], color=color, marker=marker, lw=lw,
+                   drawstyle="steps-mid", label=label)
+        ax_lr.plot(epochs, [row["lr"] for row in r.metrics], color=color, marker=marker, lw=lw,
+                   drawstyle="steps-mid", label=label)
+    ax_bs.set_yscale("log", base=2)
+    ax_bs.set_ylabel("batch size (images per update)")
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    for ax in (ax_bs, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def write_plots(runs, out_dir, notes=()):
+    """All figures into out_dir; returns {name: path}."""
+    paths = {}
+    for x in X_AXES:
+        paths[f"curves_{x}"] = out_dir / f"curves_{x}.png"
+        plot_curves(runs, x, paths[f"curves_{x}"], notes)
+    paths["schedule"] = out_dir / "schedule.png"
+    plot_schedule(runs, paths["schedule"], notes)
+    return paths
