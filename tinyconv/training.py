@@ -552,66 +552,31 @@ def evaluate_checkpoint(path, ds, device="cpu", batch_size=256, splits=("train",
 
 
 def comparison_table(run_dirs, ds, device="cpu"):
-    """The study's table: accuracy of each run's best checkpoint on train / validation / test, plus
-    what each schedule did to get there. Returns (rows as dicts, Markdown text)."""
-    rows = []
-    for run_dir in run_dirs:
-        run_dir = Path(run_dir)
-        state_meta = json.loads((run_dir / "config.json").read_text())
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        from .checkpoint import read_checkpoint_meta
-        meta = read_checkpoint_meta(run_dir / "checkpoints" / "best.h5")
-        best = meta["best_epoch"]
-        results = evaluate_checkpoint(run_dir / "checkpoints" / "best.h5", ds, device)
-        at_best = metrics[best - 1]
-        row = {"run": run_dir.name, "schedule": state_meta["config"]["schedule"], "best_epoch": best}
-        for split, (loss, acc) in results.items():
-            row[f"{split}_acc"] = float(np.mean(acc))
-            row[f"{split}_loss"] = loss
-            for name, a in zip(ds.attributes, acc):
-                row[f"{split}_acc_{name}"] = float(a)
-        row.update({"updates_to_best": at_best["updates"], "wall_time_to_best_s": at_best["wall_time_s"],
-                    "final_batch_size": metrics[-1]["batch_size"], "final_lr": metrics[-1]["lr"],
-                    "changes": [m["change"] for m in metrics if m["change"]]})
-        rows.append(row)
-    return rows, markdown_table(rows, ds)
+    """The study's table for finished runs; see tinyconv.report. Returns (per-run numbers, Markdown).
+
+    Evaluates and writes every report file beside the runs, as ``write_comparison`` does."""
+    from .report import evaluate_runs
+    from .report.tables import run_values
+    result = evaluate_runs(run_dirs, out=Path(run_dirs[0]).parent, device=device, datasets=(ds,), progress=False)
+    rows = [{"run": r["run"].label, "schedule": r["run"].schedule, **run_values(r)} for r in result["results"]]
+    return rows, result["table"]
 
 
 def markdown_table(rows, ds):
-    head = "| | " + " | ".join(r["schedule"] for r in rows) + " |"
-    lines = [head, "|---" * (len(rows) + 1) + "|"]
-    pct = lambda v: f"{100 * v:.2f}%"
-    for split, label in (("train", "train accuracy"), ("validation", "validation accuracy"), ("test", "test accuracy")):
-        lines.append(f"| {label} | " + " | ".join(pct(r[f"{split}_acc"]) for r in rows) + " |")
-    for name in ds.attributes:
-        lines.append(f"| test {name} | " + " | ".join(pct(r[f"test_acc_{name}"]) for r in rows) + " |")
-    lines.append("| best epoch | " + " | ".join(str(r["best_epoch"]) for r in rows) + " |")
-    lines.append("| updates to best | " + " | ".join(f"{r['updates_to_best']:,}" for r in rows) + " |")
-    lines.append("| wall time to best | " + " | ".join(f"{r['wall_time_to_best_s']:.0f} s" for r in rows) + " |")
-    lines.append("| final batch size | " + " | ".join(str(r["final_batch_size"]) for r in rows) + " |")
-    lines.append("| final learning rate | " + " | ".join(f"{r['final_lr']:.3g}" for r in rows) + " |")
+    """``comparison_table``'s rows as Markdown, one column per run (no seed grouping, no baseline: the
+    full table is tinyconv.report.tables.comparison_markdown)."""
+    from .report.tables import format_value, table_rows
+    lines = ["| | " + " | ".join(r["run"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for key, label, kind in table_rows(ds.attributes, "0.5"):
+        lines.append(f"| {label} | " + " | ".join(format_value(r.get(key), kind) for r in rows) + " |")
     return "\n".join(lines)
 
 
 def write_comparison(run_dirs, out_dir, ds, device="cpu"):
-    """comparison.md and comparison.csv in ``out_dir``; returns the Markdown table."""
-    rows, table = comparison_table(run_dirs, ds, device)
-    out_dir = Path(out_dir)
-    note = ("\n\n**Data: the built-in synthetic faces, a stand-in for testing and teaching. These are NOT "
-            "CelebA results.**\n" if ds.synthetic else "\n")
-    text = f"# Schedule comparison\n\nData: `{ds.path}`, images {ds.image_size[0]}x{ds.image_size[1]}, " \
-           f"attributes {', '.join(ds.attributes)}. Accuracy of each run's best checkpoint (lowest " \
-           f"validation loss), threshold 0.5.{note}\n{table}\n"
-    for r in rows:
-        if r["changes"]:
-            text += f"\n{r['schedule']} changes:\n" + "".join(f"- {c}\n" for c in r["changes"])
-    atomic_write_text(out_dir / "comparison.md", text)
-    flat = [{k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
-    with open(out_dir / "comparison.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(flat[0]))
-        w.writeheader()
-        w.writerows(flat)
-    return table
+    """The full evaluation (tinyconv.report): comparison.md/.csv, plots and report.md in ``out_dir``,
+    and each run's predictions, classification report and example grids; returns the Markdown table."""
+    from .report import evaluate_runs
+    return evaluate_runs(run_dirs, out=out_dir, device=device, datasets=(ds,), progress=False)["table"]
 
 
 def run_experiment(cfg, schedules, run_dir, resume=False):

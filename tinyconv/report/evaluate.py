@@ -7,6 +7,7 @@ after that is computed from those predictions (the same ones written to ``predic
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,9 @@ def evaluate_run(run, ds, out_dir, device="cpu", mode="0.5", batch_size=None, pr
     for split in SPLITS:
         paths[f"predictions_{split}"] = out_dir / f"predictions_{split}.csv"
         write_predictions(paths[f"predictions_{split}"], ds.filenames(split), ds.attributes, labels[split], prob[split])
-    result = score(labels, prob, ds.attributes, mode)
+    with warnings.catch_warnings():   # an undefined ratio is 0, as the reports say; no console noise
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        result = score(labels, prob, ds.attributes, mode)
     result.update(run=run, mode=mode, out_dir=out_dir, synthetic=bool(ds.synthetic))
     note = SYNTHETIC_NOTE if ds.synthetic else None
     notes = [f"thresholds: {threshold_text(result)}"] + ([SYNTHETIC_NOTE] if note else [])

@@ -84,7 +84,8 @@ def report_text(ctx):
         lines += [f"## {r.label}", "",
                   f"Schedule {r.schedule}, seed {r.seed}, folder `{r.dir}`, best epoch {r.best_epoch} of "
                   f"{len(r.metrics)}.", "",
-                  "Classification report on the test split (scikit-learn's multi-label definitions):", "",
+                  "Classification report on the test split (scikit-learn's multi-label definitions; a ratio "
+                  "with nothing to divide by, such as precision with no positive prediction, counts as 0):", "",
                   report_markdown(res["report"], ctx["attributes"]), "",
                   "How many attributes each test image gets right:", "", shares_markdown(res["shares"], K), ""]
         for kind in KINDS:

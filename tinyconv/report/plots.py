@@ -7,6 +7,7 @@ A run's best epoch (lowest validation loss, the checkpoint evaluated) is a fille
 """
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -25,6 +26,12 @@ def _legend_label(run, runs):
     return run.schedule if len(same) == 1 else f"{run.schedule} (seed {run.seed})"
 
 
+def _width(i, n):
+    """Overlapping lines (runs that did the same thing) stay visible: each later run is drawn
+    thinner on top of the earlier ones."""
+    return 1.3 + 2.7 * (n - 1 - i) / max(n - 1, 1)
+
+
 def _figure(ncols, title, notes):
     fig = Figure(figsize=(6.2 * ncols, 4.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -37,13 +44,14 @@ def plot_curves(runs, x="epoch", path=None, notes=()):
     key, xlabel = X_AXES[x]
     styles = _styles(runs)
     fig, (ax_acc, ax_loss) = _figure(2, f"Accuracy and loss against {xlabel.split(' (')[0]}", notes)
-    for r in runs:
+    for i, r in enumerate(runs):
         color, marker = styles[r.schedule]
         xs = [row[key] for row in r.metrics]
         label = _legend_label(r, runs)
+        lw = _width(i, len(runs))
         for ax, what in ((ax_acc, "acc_mean"), (ax_loss, "loss")):
             ax.plot(xs, [row[f"val_{what}"] for row in r.metrics], color=color, marker=marker, ms=4,
-                    lw=1.8, label=f"{label}, validation")
+                    lw=lw, label=f"{label}, validation")
             ax.plot(xs, [row[f"train_{what}"] for row in r.metrics], color=color, ls="--", lw=1.2,
                     alpha=0.8, label=f"{label}, training")
             best = r.row_at_best()
@@ -70,22 +78,22 @@ def plot_schedule(runs, path=None, notes=()):
     for i, r in enumerate(runs):
         color, marker = styles[r.schedule]
         epochs = [row["epoch"] for row in r.metrics]
-        # Overlapping lines (two schedules that keep the batch size) stay visible: each later run is
-        # drawn thinner on top of the earlier ones.
-        lw = 1.5 + 2.5 * (n - 1 - i) / max(n - 1, 1)
+        lw = _width(i, n)
         label = _legend_label(r, runs)
         ax_bs.plot(epochs, [row["batch_size"] for row in r.metrics], color=color, marker=marker, lw=lw,
                    drawstyle="steps-mid", label=label)
         ax_lr.plot(epochs, [row["lr"] for row in r.metrics], color=color, marker=marker, lw=lw,
                    drawstyle="steps-mid", label=label)
     ax_bs.set_yscale("log", base=2)
+    ax_bs.yaxis.set_major_formatter(ScalarFormatter())      # 16, 32, 64 rather than 2^4, 2^5, 2^6
+    ax_bs.yaxis.set_minor_formatter(NullFormatter())
     ax_bs.set_ylabel("batch size (images per update)")
     ax_lr.set_yscale("log")
     ax_lr.set_ylabel("learning rate")
     for ax in (ax_bs, ax_lr):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if path is not None:
         fig.savefig(path)

@@ -66,7 +66,8 @@ def groups(results):
     return out
 
 
-def _fmt(x, kind):
+def format_value(x, kind):
+    """One cell: kind is pct | f1 | loss | int | seconds | lr; None is a dash."""
     if x is None:
         return "–"
     return {"pct": f"{100 * x:.2f}%", "f1": f"{x:.3f}", "loss": f"{x:.4f}", "int": f"{int(round(x)):,}",
@@ -81,7 +82,7 @@ def _fmt_std(m, s, kind):
         return f"{m:.1f} ± {s:.1f} s"
     if kind == "int":
         return f"{m:,.1f} ± {s:,.1f}"
-    return f"{_fmt(m, kind)} ± {_fmt(s, kind)}"
+    return f"{format_value(m, kind)} ± {format_value(s, kind)}"
 
 
 def comparison_markdown(results, baseline, attributes, thresholds_mode):
@@ -96,8 +97,8 @@ def comparison_markdown(results, baseline, attributes, thresholds_mode):
         cells = []
         for g in grouped.values():
             vals = np.array([run_values(res)[key] for res in g], dtype=np.float64)
-            cells.append(_fmt(vals[0], kind) if len(vals) == 1 else _fmt_std(vals.mean(), vals.std(ddof=1), kind))
-        cells.append(_fmt(base.get(key), kind))
+            cells.append(format_value(vals[0], kind) if len(vals) == 1 else _fmt_std(vals.mean(), vals.std(ddof=1), kind))
+        cells.append(format_value(base.get(key), kind))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
