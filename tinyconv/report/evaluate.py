@@ -41,8 +41,10 @@ def score(labels, prob, attributes, mode="0.5"):
         splits[split] = {"acc": metrics.accuracy(labels[split], y_pred), "loss": metrics.bce_loss(labels[split], prob[split]),
                          "n": len(y_pred), "y_pred": y_pred}
     test_pred = splits["test"]["y_pred"]
-    return {"attributes": list(attributes), "thresholds": thresholds, "splits": splits,
-            "report": metrics.classification_report(labels["test"], test_pred, attributes),
+    with warnings.catch_warnings():   # an undefined ratio is 0, as the reports say; no console noise
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        report = metrics.classification_report(labels["test"], test_pred, attributes)
+    return {"attributes": list(attributes), "thresholds": thresholds, "splits": splits, "report": report,
             "shares": metrics.correct_shares(labels["test"], test_pred)}
 
 
@@ -69,9 +71,7 @@ def evaluate_run(run, ds, out_dir, device="cpu", mode="0.5", batch_size=None, pr
     for split in SPLITS:
         paths[f"predictions_{split}"] = out_dir / f"predictions_{split}.csv"
         write_predictions(paths[f"predictions_{split}"], ds.filenames(split), ds.attributes, labels[split], prob[split])
-    with warnings.catch_warnings():   # an undefined ratio is 0, as the reports say; no console noise
-        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        result = score(labels, prob, ds.attributes, mode)
+    result = score(labels, prob, ds.attributes, mode)
     result.update(run=run, mode=mode, out_dir=out_dir, synthetic=bool(ds.synthetic))
     note = SYNTHETIC_NOTE if ds.synthetic else None
     notes = [f"thresholds: {threshold_text(result)}"] + ([SYNTHETIC_NOTE] if note else [])

@@ -114,7 +114,8 @@ def write_comparison_csv(path, results, baseline, attributes, thresholds_mode, n
     header.append("majority baseline")
     base = baseline_values(baseline, attributes)
     keys = [k for k, _, _ in table_rows(attributes, thresholds_mode)]
-    keys = keys[:3] + ["train_loss", "validation_loss"] + keys[3:]
+    extra = ["train_loss", "validation_loss"] + [f"{s}_acc_{a}" for s in ("train", "validation") for a in attributes]
+    keys = keys[:3] + extra + keys[3:]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
