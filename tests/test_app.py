@@ -12,6 +12,8 @@ Bounds, measured (docs/app.md):
 - The browser's own drawImage resize (``?resize=canvas-high``) is measured and printed, not asserted.
 """
 import base64
+import contextlib
+import io
 import json
 import os
 import re
@@ -185,6 +187,16 @@ def test_page_matches_predict_in_headless_chromium(exported, tmp_path):
     images = make_images(tmp_path / "images")
     model = load(exported)
     want = model.predict(images)
+    # predict.py --json gives the same numbers (it is what users run)
+    sys.path.insert(0, str(ROOT))
+    import predict as predict_cli
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert predict_cli.main([*map(str, images), "--model", str(exported), "--json"]) == 0
+    cli = json.loads(buf.getvalue())
+    assert cli["synthetic"] is True
+    np.testing.assert_array_equal([[r["probabilities"][a] for a in model.attributes] for r in cli["predictions"]],
+                                  want.astype(float))
     png = [p.suffix == ".png" for p in images]
     proc, url = start_server(exported)
     try:
