@@ -247,3 +247,23 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(cache, tmp_pat
     assert r.returncode == 0, r.stderr
     assert_same_weights(weights(tmp_path / "full" / "checkpoints" / "last.h5"),
                         weights(tmp_path / "killed" / "checkpoints" / "last.h5"))
+
+
+def test_batches_that_would_not_fit_are_split_not_crashed(cache, tmp_path, monkeypatch):
+    import tinyconv.training as training
+    ds = open_data(config(cache))
+    cfg = config(cache, schedule="batch-increase", epochs=3, patience=0, min_delta=10.0, max_batch_size=64)
+    model_probe = Run(cfg, tmp_path / "probe", ds).model
+    per_sample = training.training_bytes_per_sample(model_probe, (3,) + SIZE)
+    # Pretend only ~20 samples' worth of memory is free: the cap of 64 cannot run in one piece.
+    monkeypatch.setattr(training, "available_bytes", lambda device: int(20 * per_sample / 0.6))
+    monkeypatch.setattr(training, "measured_bytes_per_sample", lambda model, shape, n=4: per_sample)
+    run = Run(cfg, tmp_path / "small", ds)
+    assert run.micro_batch == 16
+    rows = run.train()
+    assert [r["batch_size"] for r in rows] == [16, 16, 32]
+    assert "split into micro-batches of 16" in (tmp_path / "small" / "train.log").read_text()
+    monkeypatch.setattr(training, "available_bytes", lambda device: 10)
+    with pytest.raises(TrainingError, match="more than the free memory"):
+        Run(cfg, tmp_path / "tiny", ds)
+    ds.close()

@@ -160,6 +160,94 @@ def evaluate(model, ds, split, batch_size, device, loss_fn=None):
     return float(loss_sum) / total, to_cpu(correct) / total
 
 
+# --- memory: batches larger than fit are split into micro-batches --------------------------------
+
+def training_bytes_per_sample(model, input_shape, itemsize=4):
+    """An estimate of the memory one training sample holds during a step: the input, every layer's
+    output, what each layer caches for backward (conv: its column matrix, C_in*kh*kw values per output
+    pixel; BatchNorm: xhat; ReLU: a 1-byte mask; max-pool: a 1-byte argmax), plus room for the largest
+    layer's backward temporaries (twice its output)."""
+    shape, total, largest = tuple(input_shape), float(np.prod(input_shape)) * itemsize, 0.0
+    for layer in model.layers:
+        out = layer.output_shape(shape)
+        n_out = float(np.prod(out))
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            kh, kw = layer.kernel_size
+            cached = shape[0] * kh * kw * float(np.prod(out[1:])) * itemsize
+        elif kind == "BatchNorm2D":
+            cached = n_out * itemsize
+        elif kind in ("ReLU", "MaxPool2D"):
+            cached = n_out
+        else:
+            cached = 0.0
+        total += n_out * itemsize + cached
+        largest = max(largest, cached + n_out * itemsize)
+        shape = out
+    return int(total + 2 * largest)
+
+
+def available_bytes(device):
+    """Memory a run may use now: free GPU memory (plus CuPy's cached blocks), or MemAvailable on Linux."""
+    if device == "gpu":
+        import cupy
+        free, _ = cupy.cuda.runtime.memGetInfo()
+        pool = cupy.get_default_memory_pool()
+        return int(free + pool.total_bytes() - pool.used_bytes())
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def measured_bytes_per_sample(model, input_shape, n=4):
+    """Peak bytes per sample of one CPU training step, measured with tracemalloc on a throwaway copy
+    of the architecture (the real model's BatchNorm statistics and dropout generators stay untouched)."""
+    import tracemalloc
+    probe = build_model(model.config) if getattr(model, "config", None) else None
+    if probe is None:
+        return None
+    x = np.random.default_rng(0).random((n,) + tuple(input_shape), dtype=np.float32)
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    y = probe.forward(x)
+    probe.backward(np.ones_like(y))
+    peak = tracemalloc.get_traced_memory()[1] - base
+    if not was_tracing:
+        tracemalloc.stop()
+    return int(peak / n) + 1
+
+
+def plan_micro_batch(cfg, model, input_shape, budget_fraction=0.6):
+    """The micro-batch size to use (None: no split needed). If the user gave --max-micro-batch, that;
+    else the largest power of two whose step fits in ``budget_fraction`` of the free memory, when the
+    largest batch the schedule can reach would not fit. The need per sample is measured on the CPU
+    and estimated (conservatively) on the GPU."""
+    if cfg.max_micro_batch is not None:
+        return cfg.max_micro_batch
+    largest_batch = cfg.max_batch_size if cfg.schedule == "batch-increase" else cfg.batch_size
+    budget = available_bytes(cfg.device) * budget_fraction
+    per_sample = training_bytes_per_sample(model, input_shape, np.dtype(model.dtype).itemsize)
+    if largest_batch * per_sample <= budget:      # fits even by the conservative estimate
+        return None
+    if cfg.device == "cpu":                       # measure before deciding to split
+        per_sample = measured_bytes_per_sample(model, input_shape) or per_sample
+    fits = int(budget // per_sample)
+    if largest_batch <= fits:
+        return None
+    if fits < 1:
+        raise TrainingError(f"one training image of size {tuple(input_shape)} needs about "
+                            f"{per_sample / 2**20:.0f} MiB, more than the free memory allows on the {cfg.device}")
+    return 2 ** int(math.log2(fits))
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 class Run:
@@ -186,6 +274,7 @@ class Run:
         self.pending_change = ""                 # reason text, logged in the next row
         self.accum = self._fresh_accum()         # the current epoch's running sums
         self.stop = StopRequest()
+        self.micro_batch = plan_micro_batch(cfg, self.model, (3,) + tuple(ds.image_size))
 
     def _fresh_accum(self):
         return {"loss_sum": 0.0, "correct": [0] * len(self.ds.attributes), "seen": 0, "seconds": 0.0}
@@ -300,6 +389,9 @@ class Run:
             self.log(f"run {self.dir}: schedule {self.cfg.schedule}, {self.cfg.epochs} epochs, batch "
                      f"{self.batch_size}, lr {self.lr:g}, {self.cfg.optimizer}, device {self.cfg.device}, "
                      f"{self.model.num_params():,} parameters, data {self.ds.path}")
+            if self.micro_batch and self.micro_batch < max(self.cfg.max_batch_size, self.cfg.batch_size):
+                self.log(f"batches larger than {self.micro_batch} are split into micro-batches of {self.micro_batch} "
+                         "(gradients summed; BatchNorm uses per-micro-batch statistics)")
             if self.ds.synthetic:
                 self.log("NOTE: built-in synthetic faces, a stand-in for testing and teaching; "
                          "these are NOT CelebA results")
@@ -375,7 +467,7 @@ class Run:
         """One optimizer step on a batch (split into micro-batches if it is too large); returns the loss array."""
         model, loss_fn, xp = self.model, self.loss_fn, self.xp
         B = len(batch.index)
-        micro = self.cfg.max_micro_batch or B
+        micro = self.micro_batch or B
         if micro >= B:
             logits = model.forward(batch.x)
             loss = loss_fn.forward_array(logits, batch.y)
