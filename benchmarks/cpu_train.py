@@ -1,0 +1,285 @@
+"""CPU training speed: tinyconv against PyTorch (if installed) on the default model.
+
+One training step = forward + BCE-with-logits loss + backward + Adam step, batch of random float32
+images in [0, 1) and random 0/1 targets, fp32. For each image size the frameworks run interleaved
+(tinyconv, torch, tinyconv, torch, ...), ``--repeats`` times ``--steps`` steps each, after warm-up
+steps; the table gives the median images/s over the repetitions.
+
+Peak memory is measured in a fresh subprocess per framework and size: after imports, model, data and
+one warm-up step (JIT compilation, allocator pools), the kernel's peak-RSS counter is reset
+(``/proc/self/clear_refs``), two steps run, and the column gives VmHWM minus the RSS before those
+steps: the working memory a training step adds on top of the model and the batch.
+
+    python3 benchmarks/cpu_train.py                       # the quick default (a few minutes)
+    python3 benchmarks/cpu_train.py --sizes 54x44 --steps 20 --repeats 5 --layers 54x44
+    python3 benchmarks/cpu_train.py --no-torch --layers none
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tinyconv  # noqa: E402
+from tinyconv import Adam, BCEWithLogits, seed_cnn  # noqa: E402
+
+BASE_AREA = 54 * 44
+THREADS = 2
+
+
+def parse_size(text):
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def steps_for(size, steps):
+    """``steps`` at 54x44, fewer for larger images (about the same wall time per repetition)."""
+    h, w = size
+    return max(1, round(steps * BASE_AREA / (h * w)))
+
+
+def make_batch(size, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, 3) + size, dtype=np.float32)
+    t = (rng.random((batch, 3)) > 0.5).astype(np.float32)
+    return x, t
+
+
+# ----------------------------------------------------------------------------------------- tinyconv
+class TinyconvRunner:
+    name = "tinyconv"
+
+    def __init__(self, size, batch):
+        self.model = seed_cnn(input_shape=(3,) + size)
+        # Images need no gradient (PyTorch skips it too, as the input does not require grad).
+        first = self.model.layers[0]
+        if hasattr(first, "needs_input_grad"):
+            first.needs_input_grad = False
+        self.loss = BCEWithLogits()
+        self.opt = Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
+        self.x, self.t = make_batch(size, batch)
+
+    def step(self):
+        self.loss.forward(self.model.forward(self.x, train=True), self.t)
+        self.model.backward(self.loss.backward())
+        self.opt.step()
+
+    def layer_times(self, repeats):
+        """{layer name: (forward s, backward s)}, medians over ``repeats`` steps."""
+        layers = self.model.layers
+        fwd = {l.name: [] for l in layers}
+        bwd = {l.name: [] for l in layers}
+        for _ in range(repeats):
+            h = self.x
+            for l in layers:
+                t0 = time.perf_counter()
+                h = l.forward(h, True)
+                fwd[l.name].append(time.perf_counter() - t0)
+            self.loss.forward(h, self.t)
+            dy = self.loss.backward()
+            for l in reversed(layers):
+                t0 = time.perf_counter()
+                dy = l.backward(dy)
+                bwd[l.name].append(time.perf_counter() - t0)
+            self.opt.step()
+        return [(l.name, statistics.median(fwd[l.name]), statistics.median(bwd[l.name])) for l in layers]
+
+
+# ------------------------------------------------------------------------------------------ PyTorch
+def import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(THREADS)
+    return torch
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, size, batch, torch):
+        nn = torch.nn
+        self.torch = torch
+        torch.manual_seed(0)
+        mods, c_in = [], 3
+        for c_out in (32, 64, 128, 128, 192):
+            mods += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = c_out
+        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(192, 3)]
+        self.model = nn.Sequential(*mods).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
+        x, t = make_batch(size, batch)
+        self.x, self.t = torch.from_numpy(x), torch.from_numpy(t)
+        self.loss = nn.BCEWithLogitsLoss()
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(self.model(self.x), self.t)
+        loss.backward()
+        self.opt.step()
+
+    def layer_times(self, repeats):
+        """Per module: forward on a detached input that requires grad, backward module by module."""
+        torch = self.torch
+        mods = list(self.model)
+        names = [f"{type(m).__name__.lower()}_{i}" for i, m in enumerate(mods)]
+        fwd = {n: [] for n in names}
+        bwd = {n: [] for n in names}
+        for _ in range(repeats):
+            h, pairs = self.x, []
+            for n, m in zip(names, mods):
+                inp = h.detach().requires_grad_(n != names[0])
+                t0 = time.perf_counter()
+                out = m(inp)
+                fwd[n].append(time.perf_counter() - t0)
+                pairs.append((n, inp, out))
+                h = out
+            dy = torch.autograd.grad(self.loss(h, self.t), h)[0]
+            for n, inp, out in reversed(pairs):
+                t0 = time.perf_counter()
+                out.backward(dy)
+                bwd[n].append(time.perf_counter() - t0)
+                dy = inp.grad
+        return [(n, statistics.median(fwd[n]), statistics.median(bwd[n])) for n in names]
+
+
+# ------------------------------------------------------------------------------------- measurement
+def time_steps(runner, steps):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        runner.step()
+    return time.perf_counter() - t0
+
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(framework, size, batch):
+    """Runs in a subprocess: print the peak RSS growth (MiB) of two training steps as JSON."""
+    if framework == "torch":
+        runner = TorchRunner(size, batch, import_torch())
+    else:
+        runner = TinyconvRunner(size, batch)
+    runner.step()                                   # warm-up: JIT, allocator pools
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                           # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
+    before = rss_kib("VmRSS")
+    runner.step()
+    runner.step()
+    peak = rss_kib("VmHWM")
+    print(json.dumps({"peak_growth_mib": (peak - before) / 1024, "rss_before_mib": before / 1024,
+                      "hwm_reset": reset}))
+
+
+def measure_memory(framework, size, batch):
+    cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", framework,
+           "--sizes", f"{size[0]}x{size[1]}", "--batch", str(batch)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return float("nan")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
+
+
+def print_layer_table(size, batch, tiny, torch_rows):
+    print(f"\n### Per-layer times at {size[0]}x{size[1]}, batch {batch} (ms, median)\n")
+    print("| tinyconv layer | forward | backward | total |")
+    print("|---|---:|---:|---:|")
+    total_f = total_b = 0.0
+    for name, f, b in tiny:
+        total_f, total_b = total_f + f, total_b + b
+        print(f"| {name} | {f * 1e3:.1f} | {b * 1e3:.1f} | {(f + b) * 1e3:.1f} |")
+    print(f"| **sum** | {total_f * 1e3:.1f} | {total_b * 1e3:.1f} | {(total_f + total_b) * 1e3:.1f} |")
+    if torch_rows:
+        print("\n| torch module | forward | backward | total |")
+        print("|---|---:|---:|---:|")
+        total_f = total_b = 0.0
+        for name, f, b in torch_rows:
+            total_f, total_b = total_f + f, total_b + b
+            print(f"| {name} | {f * 1e3:.1f} | {b * 1e3:.1f} | {(f + b) * 1e3:.1f} |")
+        print(f"| **sum** | {total_f * 1e3:.1f} | {total_b * 1e3:.1f} | {(total_f + total_b) * 1e3:.1f} |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="54x44,109x89,218x178", help="HxW list, comma-separated")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10,
+                   help="steps per repetition at 54x44; scaled down by image area for larger sizes")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions per framework")
+    p.add_argument("--no-torch", action="store_true", help="tinyconv only")
+    p.add_argument("--layers", default="54x44,109x89",
+                   help="sizes for the per-layer tables (comma-separated), or 'none'")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    if args.memory_child:
+        memory_child(args.memory_child, sizes[0], args.batch)
+        return
+    layer_sizes = [] if args.layers == "none" else [parse_size(s) for s in args.layers.split(",")]
+    torch = None if args.no_torch else import_torch()
+
+    try:
+        from threadpoolctl import threadpool_info
+        blas = ", ".join(f"{i['internal_api']} {i['version']} ({i.get('architecture')}, {i['num_threads']} threads)"
+                         for i in threadpool_info() if i["user_api"] == "blas")
+    except ImportError:
+        blas = "?"
+    import numba
+    print(f"tinyconv {tinyconv.__version__}, NumPy {np.__version__} [{blas}], numba {numba.__version__} "
+          f"({numba.config.NUMBA_NUM_THREADS} threads)"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch: not used"))
+    print(f"{os.cpu_count()} CPUs; batch {args.batch}, fp32, forward + BCE + backward + Adam; "
+          f"{args.repeats} interleaved repetitions, median\n")
+
+    rows = []
+    for size in sizes:
+        steps = steps_for(size, args.steps)
+        runners = [TinyconvRunner(size, args.batch)]
+        if torch:
+            runners.append(TorchRunner(size, args.batch, torch))
+        for r in runners:                           # warm-up (JIT, caches, allocator)
+            time_steps(r, 2 if steps > 1 else 1)
+        rates = {r.name: [] for r in runners}
+        for _ in range(args.repeats):
+            for r in runners:
+                rates[r.name].append(steps * args.batch / time_steps(r, steps))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        mem = {} if args.no_memory else {r.name: measure_memory(r.name, size, args.batch) for r in runners}
+        rows.append((size, steps, med, mem))
+        print(f"  {size[0]}x{size[1]}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in med.items()), flush=True)
+        if size in layer_sizes:
+            tiny_rows = runners[0].layer_times(max(3, args.repeats))
+            torch_rows = runners[1].layer_times(max(3, args.repeats)) if torch else None
+            print_layer_table(size, args.batch, tiny_rows, torch_rows)
+        del runners
+
+    print("\n| size | steps x reps | tinyconv img/s | torch img/s | ratio | tinyconv peak MiB | torch peak MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for size, steps, med, mem in rows:
+        tc, th = med["tinyconv"], med.get("torch")
+        fmt = lambda v, spec: "-" if v is None or v != v else format(v, spec)
+        print(f"| {size[0]}x{size[1]} | {steps} x {args.repeats} | {tc:.1f} | {fmt(th, '.1f')} | "
+              f"{fmt(tc / th if th else None, '.2f')} | {fmt(mem.get('tinyconv'), '.0f')} | "
+              f"{fmt(mem.get('torch'), '.0f')} |")
+
+
+if __name__ == "__main__":
+    main()
