@@ -3,7 +3,10 @@
 Both take the list of ``(params, grads)`` dict pairs that ``Sequential.parameters()`` returns and
 read ``grads`` at each ``step()``, so layers may replace their gradient arrays freely.
 """
+import numpy as np
+
 from .backend import get_array_module, to_cpu, to_device, device_of
+from .kernels import use_cpu_kernels
 
 
 class Optimizer:
@@ -84,6 +87,15 @@ class Adam(Optimizer):
         for p, g, i, k in self._pairs():
             xp = get_array_module(p)
             m, v = self.m[i][k], self.v[i][k]
+            if (use_cpu_kernels(p, g, m, v) and p.dtype == g.dtype == m.dtype == v.dtype
+                    and all(a.flags.c_contiguous for a in (p, g, m, v))):
+                # numba: one in-place pass (tinyconv/kernels/optim_cpu.py), same arithmetic as below
+                from .kernels import optim_cpu
+                t = p.dtype.type
+                optim_cpu.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                                      t(b1), t(1 - b1), t(b2), t(1 - b2), t(bc2), t(self.eps),
+                                      t(self.lr / bc1))
+                continue
             m *= b1
             m += (1 - b1) * g
             v *= b2

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..backend import get_array_module, to_device, device_of
+from ..kernels import use_cpu_kernels
 from .base import Layer
 
 
@@ -9,6 +10,14 @@ class ReLU(Layer):
     """y = max(x, 0); dx = dy where x > 0, else 0 (the subgradient 0 at x == 0). Caches the mask."""
 
     def forward(self, x, train=True):
+        if use_cpu_kernels(x):       # numba: y and mask in one pass (tinyconv/kernels/activations_cpu.py)
+            from ..kernels import activations_cpu
+            x = np.ascontiguousarray(x)
+            y = np.empty_like(x)
+            mask = np.empty(x.shape, dtype=np.bool_)
+            activations_cpu.relu_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1))
+            self.cache = mask if train else None
+            return y
         xp = get_array_module(x)
         mask = x > 0
         self.cache = mask if train else None
@@ -17,6 +26,12 @@ class ReLU(Layer):
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("ReLU.backward called without a forward(train=True) before it")
+        if use_cpu_kernels(dy) and dy.shape == self.cache.shape:
+            from ..kernels import activations_cpu
+            dy = np.ascontiguousarray(dy)
+            dx = np.empty_like(dy)
+            activations_cpu.relu_backward(dy.reshape(-1), self.cache.reshape(-1), dx.reshape(-1))
+            return dx
         return dy * self.cache
 
 

@@ -6,10 +6,22 @@
 The GEMM output is already NCHW, so no transpose is needed after it. Backward:
     dw = sum_n dy[n] @ cols[n].T     db = sum over N, out_h, out_w of dy
     dcols[n] = w2.T @ dy[n]          dx = col2im(dcols)  (overlapping windows add up)
+
+On NumPy arrays the layer uses numba kernels (tinyconv/kernels/conv_cpu.py) and works through the
+batch in chunks of G images: one (C*kh*kw, G*P) column matrix per chunk, one GEMM per chunk, and
+only x cached (backward rebuilds each chunk's columns). The column matrix of the whole batch, 9x
+the input for a 3x3 kernel, is never held in memory.
 """
+import numpy as np
+
 from ..backend import DEFAULT_DTYPE, get_array_module
 from ..init import initialize
+from ..kernels import use_cpu_kernels
 from .base import Layer, conv_out_size, pair
+
+# Column-matrix elements per chunk on the CPU path (4 MiB of float32): large enough for an
+# efficient GEMM, small enough to stay near the caches and keep peak memory low.
+CHUNK_ELEMENTS = 1 << 20
 
 
 def im2col(x, kh, kw, stride=(1, 1), pad=(0, 0)):
@@ -51,7 +63,9 @@ class Conv2D(Layer):
     """2-D convolution.
 
     x (N, C_in, H, W) -> y (N, C_out, out_h, out_w), out = (size + 2*pad - k) // stride + 1.
-    params: w (C_out, C_in, kh, kw), b (C_out,). Caches the column matrix of x for backward.
+    params: w (C_out, C_in, kh, kw), b (C_out,). Caches the column matrix of x for backward
+    (on NumPy: x itself). ``needs_input_grad = False`` (for a first layer, whose input is the
+    images) makes backward skip dx and return None.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -65,6 +79,7 @@ class Conv2D(Layer):
         self.params["w"] = initialize(init, (out_channels, in_channels, kh, kw), rng, dtype)
         if bias:
             self.params["b"] = get_array_module(self.params["w"]).zeros(out_channels, dtype=dtype)
+        self.needs_input_grad = True
         self.cache = None
 
     def output_shape(self, input_shape):
@@ -75,6 +90,8 @@ class Conv2D(Layer):
         return (self.out_channels, conv_out_size(H, kh, sh, ph), conv_out_size(W, kw, sw, pw))
 
     def forward(self, x, train=True):
+        if use_cpu_kernels(x, self.params["w"]) and x.dtype == self.params["w"].dtype:
+            return self._forward_cpu(x, train)
         xp = get_array_module(x)
         N = x.shape[0]
         _, out_h, out_w = self.output_shape(x.shape[1:])
@@ -84,14 +101,16 @@ class Conv2D(Layer):
         y = xp.matmul(w2, cols)                         # (N, C_out, out_h*out_w)
         if "b" in self.params:
             y += self.params["b"][:, None]
-        self.cache = (x.shape, cols) if train else None
+        self.cache = ("cols", x.shape, cols) if train else None
         return y.reshape(N, self.out_channels, out_h, out_w)
 
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("Conv2D.backward called without a forward(train=True) before it")
+        if self.cache[0] == "x":
+            return self._backward_cpu(dy)
         xp = get_array_module(dy)
-        x_shape, cols = self.cache
+        _, x_shape, cols = self.cache
         N = dy.shape[0]
         dy2 = dy.reshape(N, self.out_channels, -1)      # (N, C_out, P)
         w2 = self.params["w"].reshape(self.out_channels, -1)
@@ -99,9 +118,79 @@ class Conv2D(Layer):
         self.grads["w"] = xp.matmul(dy2, cols.transpose(0, 2, 1)).sum(axis=0).reshape(self.params["w"].shape)
         if "b" in self.params:
             self.grads["b"] = dy2.sum(axis=(0, 2))
+        if not self.needs_input_grad:
+            return None
         dcols = xp.matmul(w2.T, dy2)                    # (N, C_in*kh*kw, P)
         kh, kw = self.kernel_size
         return col2im(dcols, x_shape, kh, kw, self.stride, self.padding)
+
+    # -- NumPy path: numba im2col/col2im per chunk of G images, one GEMM per chunk ------------------
+    def _geometry(self, x_shape):
+        N, C, H, W = x_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_h, out_w = conv_out_size(H, kh, sh, ph), conv_out_size(W, kw, sw, pw)
+        K, P = C * kh * kw, out_h * out_w
+        G = max(1, min(N, CHUNK_ELEMENTS // (K * P)))   # images per chunk
+        return (kh, kw, sh, sw, ph, pw, out_h, out_w), K, P, G
+
+    def _forward_cpu(self, x, train):
+        from ..kernels import conv_cpu
+        x = np.ascontiguousarray(x)
+        N = x.shape[0]
+        geo, K, P, G = self._geometry(x.shape)
+        out_h, out_w = geo[6], geo[7]
+        C_out = self.out_channels
+        w2 = self.params["w"].reshape(C_out, K)
+        b = self.params["b"] if "b" in self.params else np.zeros(C_out, dtype=x.dtype)
+        y = np.empty((N, C_out, P), dtype=x.dtype)
+        buf = np.empty(K * G * P, dtype=x.dtype)                # cols of one chunk
+        y2buf = np.empty(C_out * G * P, dtype=x.dtype) if G > 1 else None
+        for n0 in range(0, N, G):
+            g = min(G, N - n0)
+            cols = buf[:K * g * P].reshape(K, g * P)
+            conv_cpu.im2col_chunk(x, n0, g, *geo, cols)
+            if g == 1:                                          # the GEMM output is y[n0] itself
+                np.matmul(w2, cols, out=y[n0])
+                y[n0] += b[:, None]
+            else:                                               # (C_out, g*P) -> y[n0:n0+g] + b
+                y2 = y2buf[:C_out * g * P].reshape(C_out, g * P)
+                np.matmul(w2, cols, out=y2)
+                conv_cpu.chunk_to_nchw(y2, b, n0, g, y)
+        self.cache = ("x", x) if train else None
+        return y.reshape(N, C_out, out_h, out_w)
+
+    def _backward_cpu(self, dy):
+        from ..kernels import conv_cpu
+        _, x = self.cache
+        N = x.shape[0]
+        geo, K, P, G = self._geometry(x.shape)
+        C_out = self.out_channels
+        dy = np.ascontiguousarray(dy, dtype=x.dtype).reshape(N, C_out, P)
+        w2 = self.params["w"].reshape(C_out, K)
+        if "b" in self.params:
+            self.grads["b"] = dy.sum(axis=(0, 2))
+        dw = np.zeros((C_out, K), dtype=x.dtype)
+        dw_chunk = np.empty_like(dw)
+        dx = np.empty(x.shape, dtype=x.dtype) if self.needs_input_grad else None
+        buf = np.empty(K * G * P, dtype=x.dtype)                # cols, then dcols, of one chunk
+        dy2buf = np.empty(C_out * G * P, dtype=x.dtype) if G > 1 else None
+        for n0 in range(0, N, G):
+            g = min(G, N - n0)
+            cols = buf[:K * g * P].reshape(K, g * P)
+            conv_cpu.im2col_chunk(x, n0, g, *geo, cols)         # rebuilt, not cached
+            if g == 1:
+                dy2 = dy[n0]
+            else:
+                dy2 = dy2buf[:C_out * g * P].reshape(C_out, g * P)
+                conv_cpu.nchw_to_chunk(dy, n0, g, dy2)
+            # dw[o, k] += sum over the chunk's columns of dy2[o, col] * cols[k, col]
+            np.matmul(dy2, cols.T, out=dw_chunk)
+            dw += dw_chunk
+            if dx is not None:
+                np.matmul(w2.T, dy2, out=cols)                  # dcols overwrite the chunk's cols
+                conv_cpu.col2im_chunk(cols, n0, g, *geo, dx)
+        self.grads["w"] = dw.reshape(self.params["w"].shape)
+        return dx
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

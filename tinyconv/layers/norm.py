@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE, get_array_module
+from ..kernels import use_cpu_kernels
 from .base import Layer
 
 
@@ -17,6 +18,10 @@ class BatchNorm2D(Layer):
         dx = gamma / sqrt(var + eps) / M * (M * dy - dbeta - xhat * dgamma)
     The three terms: the direct path through xhat, the path through the mean, the path through
     the variance (see docs/walkthroughs).
+
+    On NumPy arrays training mode runs numba kernels (tinyconv/kernels/norm_cpu.py): statistics
+    with float64 sums in one pass, y in a second; x, mean and inv_std are cached instead of xhat,
+    and backward recomputes xhat on the fly (two passes, no temporaries the size of x).
     """
 
     def __init__(self, channels, momentum=0.1, eps=1e-5, dtype=DEFAULT_DTYPE):
@@ -36,9 +41,17 @@ class BatchNorm2D(Layer):
     def forward(self, x, train=True):
         xp = get_array_module(x)
         gamma, beta = self.params["gamma"], self.params["beta"]
-        if train:
+        fast = train and use_cpu_kernels(x, gamma) and x.dtype == gamma.dtype
+        if fast:
+            from ..kernels import norm_cpu
+            x = np.ascontiguousarray(x)
+            mean = np.empty(self.channels, dtype=np.float64)
+            var = np.empty(self.channels, dtype=np.float64)
+            norm_cpu.channel_mean_var(x, mean, var)
+        elif train:
             mean = x.mean(axis=(0, 2, 3))
             var = x.var(axis=(0, 2, 3))
+        if train:
             m = x.size // self.channels
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - self.momentum
@@ -48,6 +61,12 @@ class BatchNorm2D(Layer):
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = 1 / xp.sqrt(var.astype(x.dtype) + x.dtype.type(self.eps))
+        if fast:
+            mean = mean.astype(x.dtype)
+            y = np.empty_like(x)
+            norm_cpu.normalize(x, mean, inv_std, gamma, beta, y)
+            self.cache = ("x", x, mean, inv_std)
+            return y
         xhat = (x - mean.astype(x.dtype)[:, None, None]) * inv_std[:, None, None]
         self.cache = (xhat, inv_std, train)
         return gamma[:, None, None] * xhat + beta[:, None, None]
@@ -55,6 +74,8 @@ class BatchNorm2D(Layer):
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("BatchNorm2D.backward called without a forward before it")
+        if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std): the NumPy path
+            return self._backward_cpu(dy)
         xhat, inv_std, train = self.cache
         gamma = self.params["gamma"]
         self.grads["beta"] = dbeta = dy.sum(axis=(0, 2, 3))
@@ -64,6 +85,21 @@ class BatchNorm2D(Layer):
             return dy * scale
         m = dy.size // self.channels
         return (scale / m) * (m * dy - dbeta[:, None, None] - xhat * dgamma[:, None, None])
+
+    def _backward_cpu(self, dy):
+        from ..kernels import norm_cpu
+        _, x, mean, inv_std = self.cache
+        dy = np.ascontiguousarray(dy, dtype=x.dtype)
+        dbeta = np.empty(self.channels, dtype=np.float64)
+        dgamma = np.empty(self.channels, dtype=np.float64)
+        norm_cpu.backward_sums(x, dy, mean, inv_std, dbeta, dgamma)
+        self.grads["beta"] = dbeta = dbeta.astype(x.dtype)
+        self.grads["gamma"] = dgamma = dgamma.astype(x.dtype)
+        scale = self.params["gamma"] * inv_std
+        m = x.dtype.type(dy.size // self.channels)
+        dx = np.empty_like(dy)
+        norm_cpu.backward_dx(x, dy, mean, inv_std, scale, dbeta, dgamma, m, dx)
+        return dx
 
     def extra_repr(self):
         return f"{self.channels}, momentum={self.momentum}, eps={self.eps}"

@@ -1,5 +1,12 @@
-"""Max pooling (floor mode) and global average pooling."""
+"""Max pooling (floor mode) and global average pooling.
+
+On NumPy arrays MaxPool2D runs numba kernels (tinyconv/kernels/pool_cpu.py): one pass per plane
+instead of kh*kw strided passes, same argmax convention.
+"""
+import numpy as np
+
 from ..backend import get_array_module
+from ..kernels import use_cpu_kernels
 from .base import Layer, conv_out_size, pair
 
 
@@ -32,6 +39,14 @@ class MaxPool2D(Layer):
         xp = get_array_module(x)
         _, out_h, out_w = self.output_shape(x.shape[1:])
         kh, kw = self.kernel_size
+        if use_cpu_kernels(x):
+            from ..kernels import pool_cpu
+            x = np.ascontiguousarray(x)
+            y = np.empty(x.shape[:2] + (out_h, out_w), dtype=x.dtype)
+            argmax = np.empty(y.shape, dtype=np.uint8)
+            pool_cpu.maxpool_forward(x, kh, kw, *self.stride, y, argmax)
+            self.cache = (x.shape, argmax) if train else None
+            return y
         y = _window(x, 0, 0, self.stride, (out_h, out_w)).copy()
         argmax = xp.zeros(y.shape, dtype=xp.uint8)
         for idx in range(1, kh * kw):
@@ -49,6 +64,11 @@ class MaxPool2D(Layer):
         x_shape, argmax = self.cache
         kh, kw = self.kernel_size
         out_hw = dy.shape[2:]
+        if use_cpu_kernels(dy):
+            from ..kernels import pool_cpu
+            dx = np.empty(x_shape, dtype=dy.dtype)
+            pool_cpu.maxpool_backward(np.ascontiguousarray(dy), argmax, kh, kw, *self.stride, dx)
+            return dx
         dx = xp.zeros(x_shape, dtype=dy.dtype)
         overlapping = self.stride[0] < kh or self.stride[1] < kw
         for idx in range(kh * kw):

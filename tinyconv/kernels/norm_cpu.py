@@ -1,0 +1,90 @@
+"""numba CPU kernels for BatchNorm2D (training mode), replacing the mean/var/xhat temporaries of
+``tinyconv.layers.norm.BatchNorm2D`` with two passes over x forward and two over (x, dy) backward.
+
+Sums run in float64 (whatever x's dtype): M = N*H*W terms per channel, and float32 running sums
+would lose digits for large M. Each task owns one channel (statistics) or one (n, c) plane.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from . import launcher
+
+
+@launcher
+@numba.njit(parallel=True, cache=True)
+def channel_mean_var(x, mean, var):
+    """Per channel c over (n, h, w): mean and biased variance, into float64 arrays (C,).
+
+    Shifted sums (by x[0, c, 0, 0]) keep E[d^2] - E[d]^2 exact enough when |mean| >> std.
+    """
+    N, C = x.shape[0], x.shape[1]
+    HW = x.shape[2] * x.shape[3]
+    M = N * HW
+    for c in prange(C):
+        shift = np.float64(x[0, c, 0, 0])
+        s1 = 0.0
+        s2 = 0.0
+        for n in range(N):
+            plane = x[n, c].ravel()
+            for k in range(HW):
+                d = np.float64(plane[k]) - shift
+                s1 += d
+                s2 += d * d
+        m1 = s1 / M
+        mean[c] = shift + m1
+        var[c] = max(s2 / M - m1 * m1, 0.0)
+
+
+@launcher
+@numba.njit(parallel=True, cache=True)
+def normalize(x, mean, inv_std, gamma, beta, y):
+    """y = gamma * ((x - mean) * inv_std) + beta per channel (mean, inv_std in x's dtype)."""
+    N, C = x.shape[0], x.shape[1]
+    HW = x.shape[2] * x.shape[3]
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        src = x[n, c].ravel()
+        dst = y[n, c].ravel()
+        mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+        for k in range(HW):
+            dst[k] = g * ((src[k] - mu) * s) + b
+
+
+@launcher
+@numba.njit(parallel=True, cache=True)
+def backward_sums(x, dy, mean, inv_std, dbeta, dgamma):
+    """dbeta[c] = sum dy;  dgamma[c] = sum dy * xhat, xhat = (x - mean) * inv_std (float64 sums)."""
+    N, C = x.shape[0], x.shape[1]
+    HW = x.shape[2] * x.shape[3]
+    for c in prange(C):
+        mu, s = mean[c], inv_std[c]
+        sb = 0.0
+        sg = 0.0
+        for n in range(N):
+            xs = x[n, c].ravel()
+            ds = dy[n, c].ravel()
+            for k in range(HW):
+                d = ds[k]
+                sb += d
+                sg += np.float64(d) * np.float64((xs[k] - mu) * s)
+        dbeta[c] = sb
+        dgamma[c] = sg
+
+
+@launcher
+@numba.njit(parallel=True, cache=True)
+def backward_dx(x, dy, mean, inv_std, scale, dbeta, dgamma, M, dx):
+    """dx = scale / M * (M * dy - dbeta - xhat * dgamma), scale = gamma * inv_std (all per channel)."""
+    N, C = x.shape[0], x.shape[1]
+    HW = x.shape[2] * x.shape[3]
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        xs = x[n, c].ravel()
+        ds = dy[n, c].ravel()
+        dst = dx[n, c].ravel()
+        mu, s, a, db, dg = mean[c], inv_std[c], scale[c] / M, dbeta[c], dgamma[c]
+        for k in range(HW):
+            dst[k] = a * (M * ds[k] - db - (xs[k] - mu) * s * dg)

@@ -1,0 +1,55 @@
+"""numba CPU kernels for MaxPool2D (floor mode), replacing the kh*kw strided passes of
+``tinyconv.layers.pool.MaxPool2D`` with one pass over each (image, channel) plane.
+
+    y[n, c, p, q] = max over (i, j) of x[n, c, p*sh + i, q*sw + j]
+    argmax[n, c, p, q] = i*kw + j of the FIRST maximum (row-major in the window; ties go first)
+"""
+import numba
+from numba import prange
+
+from . import launcher
+
+
+@launcher
+@numba.njit(parallel=True, cache=True)
+def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
+    N, C = x.shape[0], x.shape[1]
+    out_h, out_w = y.shape[2], y.shape[3]
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        for p in range(out_h):
+            for q in range(out_w):
+                best = x[n, c, p * sh, q * sw]
+                best_idx = 0
+                for i in range(kh):
+                    for j in range(kw):
+                        v = x[n, c, p * sh + i, q * sw + j]
+                        if v > best:            # strict: the first maximum wins ties
+                            best = v
+                            best_idx = i * kw + j
+                y[n, c, p, q] = best
+                argmax[n, c, p, q] = best_idx
+
+
+@launcher
+@numba.njit(parallel=True, cache=True)
+def maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
+    """dx[n, c, p*sh + i, q*sw + j] += dy[n, c, p, q] where (i, j) is the window's argmax; 0 elsewhere.
+
+    Each task owns one (n, c) plane: zero it, then add (+= handles overlapping windows). Rows and
+    columns that floor mode dropped stay 0.
+    """
+    N, C = dx.shape[0], dx.shape[1]
+    H, W = dx.shape[2], dx.shape[3]
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        for h in range(H):
+            for w in range(W):
+                dx[n, c, h, w] = 0
+        for p in range(out_h):
+            for q in range(out_w):
+                idx = argmax[n, c, p, q]
+                dx[n, c, p * sh + idx // kw, q * sw + idx % kw] += dy[n, c, p, q]
