@@ -82,3 +82,19 @@ def test_bad_array_input():
         resize_to_model(np.zeros((5, 5, 3), np.float32))
     with pytest.raises(ValueError):
         resize_to_model(np.zeros((5, 5, 2), np.uint8))
+
+
+def test_exif_orientation_is_applied_before_cropping(tmp_path):
+    """A phone photo stored sideways with Orientation=6 ("rotate 90 CW to view") is cropped upright."""
+    from PIL import Image
+    from tinyconv.data import resize_to_model
+    rng = np.random.default_rng(0)
+    upright = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)          # tall, as viewed
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))                  # (200, 300): as the sensor wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    with Image.open(path) as img:
+        got = resize_to_model(img, (218, 178))
+    np.testing.assert_array_equal(got, resize_to_model(upright, (218, 178)))

@@ -3,6 +3,8 @@
 A model trained on CelebA's aligned 218x178 faces must see every other image the same way, or its
 accuracy silently drops (the "resizing obscured by the API" problem). One function does it:
 
+0. **Orientation**: a photo's EXIF orientation tag is applied first (``ImageOps.exif_transpose``),
+   as browsers and phone galleries do, so a phone picture is cropped upright, not as stored.
 1. **Colour**: convert to 8-bit RGB. Grey (``L``, ``I;16``...) is replicated into three channels;
    anything with alpha (``RGBA``, ``LA``, ``P`` with transparency) is **composited on white**
    (transparent pixels become white; alpha is never silently dropped); other modes (CMYK, YCbCr)
@@ -28,11 +30,11 @@ An image that already has the target size is returned unchanged (no crop, no res
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 FULL_SIZE = (218, 178)  # (H, W) of CelebA's aligned images
 RESIZE_FILTER = "BILINEAR"
-RESIZE_POLICY = ("convert to RGB (alpha composited on white), centre-crop to the target W:H aspect "
+RESIZE_POLICY = ("apply the EXIF orientation, convert to RGB (alpha composited on white), centre-crop to the target W:H aspect "
                  "ratio (crop size rounded half-up, offsets floored), then resize with Pillow's "
                  "antialiased BILINEAR filter; identity when the image already has the target size")
 
@@ -94,6 +96,8 @@ def resize_to_model(img, size=FULL_SIZE):
         if img.dtype == np.uint8 and img.ndim == 3 and img.shape == (th, tw, 3):
             return np.array(img)  # already the model's size: identity (a copy, never a view)
         img = _from_array(img)
+    elif img.getexif().get(0x0112, 1) != 1:   # 0x0112: Orientation; 1 means upright already
+        img = ImageOps.exif_transpose(img)
     img = to_rgb(img)
     if img.size == (tw, th):
         return np.asarray(img, dtype=np.uint8).copy()
