@@ -52,14 +52,17 @@ def draw_grid(images, y_true, y_pred, prob, attributes, title, notes=(), cols=6,
     rows = -(-n // cols) if n else 0
     head_lines = [title] + list(notes) + ["T = true label, P = predicted label and probability; red = wrong"]
     head_h = pad + 22 + 17 * (len(head_lines) - 1) + pad
-    width = max(cols * cell_w, 640)
-    canvas = Image.new("RGB", (width, head_h + max(rows, 1) * cell_h), PAPER)
+    # wide enough for the title and notes too, however few images there are
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max([probe.textlength(title, font=bold)] + [probe.textlength(t, font=small) for t in head_lines[1:]])
+    width = max(cols * cell_w, int(text_w) + 2 * pad)
+    canvas = Image.new("RGB", (width, head_h + (rows * cell_h if n else 40)), PAPER)
     d = ImageDraw.Draw(canvas)
     d.text((pad, pad), title, font=bold, fill=INK)
     for i, line in enumerate(head_lines[1:]):
         d.text((pad, pad + 24 + 17 * i), line, font=small, fill=WRONG if "NOT CelebA" in line else INK)
     if n == 0:
-        d.text((pad, head_h + pad), "(no test image of this kind)", font=font, fill=INK)
+        d.text((pad, head_h + 4), "(no test image of this kind)", font=font, fill=INK)
     for i in range(n):
         x0, y0 = (i % cols) * cell_w + pad, head_h + (i // cols) * cell_h
         img = Image.fromarray(images[i]).resize((W * scale, H * scale), Image.NEAREST)

@@ -156,6 +156,6 @@ def shares_markdown(shares, K):
     """How many attributes test images get right: the share of each count, K down to 0."""
     lines = ["| attributes right | share of test images |", "|---|---:|"]
     for j, s in shares.items():
-        what = "all" if j == K else "none" if j == 0 else str(j)
-        lines.append(f"| {what} ({j} of {K}) | {100 * s:.2f}% |")
+        what = " (all)" if j == K else " (none)" if j == 0 else ""
+        lines.append(f"| {j} of {K}{what} | {100 * s:.2f}% |")
     return "\n".join(lines)
