@@ -1,14 +1,16 @@
 """CPU training speed: tinyconv against PyTorch (if installed) on the default model.
 
 One training step = forward + BCE-with-logits loss + backward + Adam step, batch of random float32
-images in [0, 1) and random 0/1 targets, fp32. For each image size the frameworks run interleaved
-(tinyconv, torch, tinyconv, torch, ...), ``--repeats`` times ``--steps`` steps each, after warm-up
-steps; the table gives the median images/s over the repetitions.
+images in [0, 1) and random 0/1 targets, fp32. For each image size each framework runs in its own
+worker subprocess (so their thread pools never compete: an idle worker blocks on its pipe); the
+parent alternates them (tinyconv, torch, tinyconv, torch, ...), ``--repeats`` times ``--steps``
+steps each, after warm-up steps; the table gives the median images/s over the repetitions.
 
-Peak memory is measured in a fresh subprocess per framework and size: after imports, model, data and
-one warm-up step (JIT compilation, allocator pools), the kernel's peak-RSS counter is reset
-(``/proc/self/clear_refs``), two steps run, and the column gives VmHWM minus the RSS before those
-steps: the working memory a training step adds on top of the model and the batch.
+Peak memory, in the same worker: kernels are first loaded by one step of a tiny model (numba's
+cache, oneDNN), then model and batch are built, the kernel's peak-RSS counter is reset
+(``/proc/self/clear_refs``) and the warm-up steps run; the column gives VmHWM minus the RSS before
+them: the working memory training adds on top of the model and the batch (activations, caches,
+gradients, optimizer state, temporaries, allocator pools).
 
     python3 benchmarks/cpu_train.py                       # the quick default (a few minutes)
     python3 benchmarks/cpu_train.py --sizes 54x44 --steps 20 --repeats 5 --layers 54x44
@@ -166,35 +168,56 @@ def rss_kib(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(framework, size, batch):
-    """Runs in a subprocess: print the peak RSS growth (MiB) of two training steps as JSON."""
-    if framework == "torch":
-        runner = TorchRunner(size, batch, import_torch())
-    else:
-        runner = TinyconvRunner(size, batch)
-    runner.step()                                   # warm-up: JIT, allocator pools
+def worker(framework, size, batch, warmup):
+    """Runs in a subprocess: build the runner, then answer commands read from stdin, one per line:
+    ``memory`` (peak RSS growth over the warm-up steps, MiB), ``steps K`` (seconds for K steps),
+    ``layers R`` (per-layer medians), ``quit``. Each answer is one JSON line on stdout."""
+    make = (lambda sz, b: TorchRunner(sz, b, import_torch())) if framework == "torch" else TinyconvRunner
+    time_steps(make((32, 32), 2), 1)               # load kernels (JIT cache, oneDNN) on a tiny model
+    runner = make(size, batch)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                           # reset VmHWM to the current RSS
-        reset = True
     except OSError:
-        reset = False
+        pass
     before = rss_kib("VmRSS")
-    runner.step()
-    runner.step()
-    peak = rss_kib("VmHWM")
-    print(json.dumps({"peak_growth_mib": (peak - before) / 1024, "rss_before_mib": before / 1024,
-                      "hwm_reset": reset}))
+    time_steps(runner, max(warmup, 2))             # warm-up steps, measured for memory
+    memory = (rss_kib("VmHWM") - before) / 1024
+    out = sys.stdout
+    sys.stdout = sys.stderr                        # stray prints must not break the protocol
+    for line in sys.stdin:
+        cmd, *arg = line.split()
+        if cmd == "memory":
+            answer = memory
+        elif cmd == "steps":
+            answer = time_steps(runner, int(arg[0]))
+        elif cmd == "layers":
+            answer = runner.layer_times(int(arg[0]))
+        else:
+            break
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
 
 
-def measure_memory(framework, size, batch):
-    cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", framework,
-           "--sizes", f"{size[0]}x{size[1]}", "--batch", str(batch)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        print(out.stderr, file=sys.stderr)
-        return float("nan")
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
+class Worker:
+    def __init__(self, framework, size, batch, warmup):
+        self.name = framework
+        cmd = [sys.executable, os.path.abspath(__file__), "--_worker", framework,
+               "--sizes", f"{size[0]}x{size[1]}", "--batch", str(batch), "--steps", str(warmup)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} worker died (see its stderr above)")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def print_layer_table(size, batch, tiny, torch_rows):
@@ -226,12 +249,11 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true", help="tinyconv only")
     p.add_argument("--layers", default="54x44,109x89",
                    help="sizes for the per-layer tables (comma-separated), or 'none'")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    p.add_argument("--_worker", dest="worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    if args.memory_child:
-        memory_child(args.memory_child, sizes[0], args.batch)
+    if args.worker:
+        worker(args.worker, sizes[0], args.batch, args.steps)
         return
     layer_sizes = [] if args.layers == "none" else [parse_size(s) for s in args.layers.split(",")]
     torch = None if args.no_torch else import_torch()
@@ -252,24 +274,22 @@ def main(argv=None):
     rows = []
     for size in sizes:
         steps = steps_for(size, args.steps)
-        runners = [TinyconvRunner(size, args.batch)]
-        if torch:
-            runners.append(TorchRunner(size, args.batch, torch))
-        for r in runners:                           # warm-up (JIT, caches, allocator)
-            time_steps(r, 2 if steps > 1 else 1)
-        rates = {r.name: [] for r in runners}
+        names = ["tinyconv"] + (["torch"] if torch else [])
+        workers = [Worker(n, size, args.batch, 2 if steps > 1 else 1) for n in names]
+        mem = {w.name: w.ask("memory") for w in workers}
+        rates = {w.name: [] for w in workers}
         for _ in range(args.repeats):
-            for r in runners:
-                rates[r.name].append(steps * args.batch / time_steps(r, steps))
+            for w in workers:
+                rates[w.name].append(steps * args.batch / w.ask(f"steps {steps}"))
         med = {k: statistics.median(v) for k, v in rates.items()}
-        mem = {} if args.no_memory else {r.name: measure_memory(r.name, size, args.batch) for r in runners}
         rows.append((size, steps, med, mem))
         print(f"  {size[0]}x{size[1]}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in med.items()), flush=True)
         if size in layer_sizes:
-            tiny_rows = runners[0].layer_times(max(3, args.repeats))
-            torch_rows = runners[1].layer_times(max(3, args.repeats)) if torch else None
-            print_layer_table(size, args.batch, tiny_rows, torch_rows)
-        del runners
+            reps = max(3, args.repeats)
+            tables = [w.ask(f"layers {reps}") for w in workers]
+            print_layer_table(size, args.batch, tables[0], tables[1] if torch else None)
+        for w in workers:
+            w.close()
 
     print("\n| size | steps x reps | tinyconv img/s | torch img/s | ratio | tinyconv peak MiB | torch peak MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
