@@ -7,7 +7,7 @@ A run's best epoch (lowest validation loss, the checkpoint evaluated) is a fille
 """
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -85,11 +85,16 @@ def plot_schedule(runs, path=None, notes=()):
         ax_lr.plot(epochs, [row["lr"] for row in r.metrics], color=color, marker=marker, lw=lw,
                    drawstyle="steps-mid", label=label)
     ax_bs.set_yscale("log", base=2)
-    ax_bs.yaxis.set_major_formatter(ScalarFormatter())      # 16, 32, 64 rather than 2^4, 2^5, 2^6
-    ax_bs.yaxis.set_minor_formatter(NullFormatter())
     ax_bs.set_ylabel("batch size (images per update)")
     ax_lr.set_yscale("log")
     ax_lr.set_ylabel("learning rate")
+    for ax, key in ((ax_bs, "batch_size"), (ax_lr, "lr")):
+        # Ticks at exactly the values the runs used, written plainly (64, 0.0005), not 2^6 or 5x10^-4.
+        values = sorted({row[key] for r in runs for row in r.metrics})
+        ax.set_yticks(values if len(values) <= 12 else values[::-(-len(values) // 12)])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(values[0] / 1.3, values[-1] * 1.3)
     for ax in (ax_bs, ax_lr):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
