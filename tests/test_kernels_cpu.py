@@ -1,0 +1,195 @@
+"""Each numba CPU kernel against the plain-xp version it replaces (tinyconv/kernels/*_cpu.py).
+
+The plain path is the one CuPy runs; here it runs on NumPy with the kernels switched off
+(``kernels.ENABLED = False``), so both sides are the library's own layers, fed the same arrays.
+Random shapes, strides, paddings and odd sizes; float32 (the training dtype) and float64.
+"""
+import numpy as np
+import pytest
+
+from tinyconv import Adam, BatchNorm2D, Conv2D, MaxPool2D, ReLU
+from tinyconv import kernels
+from tinyconv.layers import conv_out_size, im2col
+from tinyconv.layers import conv as conv_module
+
+pytestmark = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba is not installed")
+
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+@pytest.fixture
+def plain():
+    """A context switch: inside ``with plain():`` layers take the plain-xp path."""
+    class Switch:
+        def __enter__(self):
+            kernels.ENABLED = False
+
+        def __exit__(self, *exc):
+            kernels.ENABLED = True
+    assert kernels.ENABLED, "the kernels must be enabled for these tests (TINYCONV_NO_NUMBA is set?)"
+    return Switch
+
+
+def run_layer(layer, x, dy_seed, train=True):
+    y = layer.forward(x, train)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(x.dtype)
+    dx = layer.backward(dy)
+    return y, dx, {k: g.copy() for k, g in layer.grads.items()}
+
+
+def assert_same(a, b, dtype):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,c_out,k,stride,pad", [
+    ((2, 3, 7, 6), 4, 3, 1, 1),
+    ((3, 2, 9, 8), 5, 3, 2, 0),
+    ((2, 3, 9, 7), 2, (3, 2), (2, 1), (1, 0)),
+    ((1, 4, 5, 5), 2, 5, 1, 2),
+    ((5, 3, 11, 13), 7, (1, 3), (1, 2), (0, 2)),
+    ((4, 6, 4, 3), 3, 2, 3, 1),
+])
+def test_conv2d_kernels_match_plain(plain, dtype, shape, c_out, k, stride, pad):
+    rng = np.random.default_rng(sum(shape))
+    layer = Conv2D(shape[1], c_out, k, stride=stride, padding=pad, rng=rng).astype(dtype)
+    layer.params["b"][:] = rng.standard_normal(c_out)
+    x = rng.standard_normal(shape).astype(dtype)
+    fast = run_layer(layer, x, 1)
+    assert layer.cache[0] == "x"                       # the numba path ran
+    with plain():
+        ref = run_layer(layer, x, 1)
+        assert layer.cache[0] == "cols"
+    for a, b in [(fast[0], ref[0]), (fast[1], ref[1])] + [(fast[2][n], ref[2][n]) for n in ("w", "b")]:
+        assert_same(a, b, dtype)
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 10_000])
+def test_conv2d_chunking_does_not_change_results(plain, monkeypatch, chunk):
+    """Chunks of 1 image, of a few images with a ragged last chunk, and of the whole batch."""
+    monkeypatch.setattr(conv_module, "CHUNK_ELEMENTS", chunk)
+    rng = np.random.default_rng(5)
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng).astype(np.float64)
+    x = rng.standard_normal((7, 3, 5, 4))
+    fast = run_layer(layer, x, 2)
+    with plain():
+        ref = run_layer(layer, x, 2)
+    for a, b in [(fast[0], ref[0]), (fast[1], ref[1]), (fast[2]["w"], ref[2]["w"])]:
+        assert_same(a, b, np.float64)
+
+
+def test_im2col_chunk_matches_plain_im2col():
+    from tinyconv.kernels import conv_cpu
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 3, 8, 7)).astype(np.float32)
+    kh, kw, (sh, sw), (ph, pw) = 3, 2, (2, 1), (1, 2)
+    out_h, out_w = conv_out_size(8, kh, sh, ph), conv_out_size(7, kw, sw, pw)
+    ref = im2col(x, kh, kw, (sh, sw), (ph, pw))        # (N, K, P)
+    n0, G = 1, 3
+    cols = np.full((ref.shape[1], G * out_h * out_w), np.nan, dtype=np.float32)
+    conv_cpu.im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols)
+    # cols[k, g*P + p] == ref[n0 + g, k, p]
+    np.testing.assert_array_equal(cols, ref[n0:n0 + G].transpose(1, 0, 2).reshape(ref.shape[1], -1))
+
+
+def test_conv2d_without_input_grad(plain):
+    rng = np.random.default_rng(4)
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng)
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    full = run_layer(layer, x, 3)
+    layer.needs_input_grad = False
+    skipped = run_layer(layer, x, 3)
+    assert skipped[1] is None
+    np.testing.assert_array_equal(skipped[2]["w"], full[2]["w"])
+    with plain():
+        assert run_layer(layer, x, 3)[1] is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,k,s", [((2, 3, 6, 8), 2, None), ((1, 2, 7, 5), 2, None),
+                                       ((2, 2, 9, 9), 3, 2), ((1, 1, 8, 7), (3, 2), (2, 3)),
+                                       ((3, 4, 11, 10), 3, 1)])
+def test_maxpool_kernels_match_plain(plain, dtype, shape, k, s):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0, :2, :2] = 1.5                              # a tie: both paths send dy to the first maximum
+    layer = MaxPool2D(k, s)
+    fast = run_layer(layer, x, 4)
+    fast_argmax = layer.cache[1].copy()
+    with plain():
+        ref = run_layer(layer, x, 4)
+    np.testing.assert_array_equal(fast_argmax, layer.cache[1])
+    np.testing.assert_array_equal(fast[0], ref[0])
+    # disjoint windows: dx holds copies of dy; overlapping ones add up, in another order
+    assert_same(fast[1], ref[1], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (7, 1, 3, 3), (1, 5, 1, 1), (3, 2, 13, 11)])
+def test_relu_kernels_match_plain(plain, dtype, shape):
+    x = np.random.default_rng(7).standard_normal(shape).astype(dtype)
+    x.flat[0] = 0.0                                    # the kink: y = 0, no gradient
+    fast = run_layer(ReLU(), x, 5)
+    with plain():
+        ref = run_layer(ReLU(), x, 5)
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,offset", [((4, 3, 5, 6), 0.0), ((2, 5, 7, 3), 3.0), ((1, 2, 1, 9), -1.0),
+                                          ((6, 4, 2, 2), 100.0)])
+def test_batchnorm_kernels_match_plain(plain, dtype, shape, offset):
+    rng = np.random.default_rng(8)
+    x = (offset + rng.standard_normal(shape)).astype(dtype)
+    fast_layer, ref_layer = BatchNorm2D(shape[1]).astype(dtype), BatchNorm2D(shape[1]).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
+    for layer in (fast_layer, ref_layer):
+        layer.params["gamma"][:], layer.params["beta"][:] = gamma, beta
+    fast = run_layer(fast_layer, x, 6)
+    with plain():
+        ref = run_layer(ref_layer, x, 6)
+    # float32: the plain path sums in float32 (pairwise), the kernel in float64; a large offset
+    # costs the plain path digits, so compare relative to the spread of the values.
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fast[0], ref[0], **tol)
+    np.testing.assert_allclose(fast[1], ref[1], rtol=tol["rtol"], atol=tol["atol"] * np.abs(ref[1]).max())
+    for k in ("gamma", "beta"):
+        np.testing.assert_allclose(fast[2][k], ref[2][k], rtol=tol["rtol"], atol=tol["atol"] * x[:, 0].size)
+    for k in ("running_mean", "running_var"):
+        np.testing.assert_allclose(fast_layer.buffers[k], ref_layer.buffers[k], **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_kernel_matches_plain(plain, dtype):
+    rng = np.random.default_rng(9)
+    shapes = {"w": (4, 3, 3, 3), "b": (4,)}
+    start = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()} for _ in range(4)]
+
+    def train(use_plain):
+        params = {k: v.copy() for k, v in start.items()}
+        g = {}
+        opt = Adam([(params, g)], lr=1e-2, eps=1e-7)
+        for step_grads in grads:
+            g.update(step_grads)
+            if use_plain:
+                with plain():
+                    opt.step()
+            else:
+                opt.step()
+        return params, opt.m[0], opt.v[0]
+
+    for fast, ref in zip(train(False), train(True)):
+        for k in shapes:
+            assert fast[k].dtype == dtype
+            np.testing.assert_allclose(fast[k], ref[k], rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+def test_kernels_skip_cupy_like_and_odd_dtypes():
+    """Only float32/float64 NumPy arrays take the numba path."""
+    assert kernels.use_cpu_kernels(np.zeros(3, np.float32), np.zeros(2, np.float64))
+    assert not kernels.use_cpu_kernels(np.zeros(3, np.float16))
+    assert not kernels.use_cpu_kernels(np.zeros(3, np.int32))
+    assert not kernels.use_cpu_kernels([1.0, 2.0])
