@@ -690,7 +690,7 @@ def run_experiment(cfg, schedules, run_dir, resume=False):
             dirs.append(d)
         if not single:
             table = write_comparison(dirs, run_dir, ds, cfg.device)
-            write_line("\n" + table + f"\n\nwrote {run_dir / 'comparison.md'} and comparison.csv")
+            write_line("\n" + table + f"\n\nwrote {run_dir / 'report.md'}, comparison.md/.csv and the plots")
     finally:
         ds.close()
     return dirs
