@@ -3,6 +3,11 @@
 
 Sums run in float64 (whatever x's dtype): M = N*H*W terms per channel, and float32 running sums
 would lose digits for large M. Each task owns one channel (statistics) or one (n, c) plane.
+
+The two reduction kernels allow LLVM to reassociate (``fastmath={"reassoc"}``) so that it can
+vectorise the float64 sums (without it a sum is one serial chain of additions: 2.5x slower here).
+Reordering a float64 sum of M terms moves it by at most about M * 1.1e-16 relative, far below
+float32 rounding (6e-8) for any batch that fits in memory; no other fast-math flag is used.
 """
 import numba
 import numpy as np
@@ -12,7 +17,7 @@ from . import launcher
 
 
 @launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
 def channel_mean_var(x, mean, var):
     """Per channel c over (n, h, w): mean and biased variance, into float64 arrays (C,).
 
@@ -53,7 +58,7 @@ def normalize(x, mean, inv_std, gamma, beta, y):
 
 
 @launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
 def backward_sums(x, dy, mean, inv_std, dbeta, dgamma):
     """dbeta[c] = sum dy;  dgamma[c] = sum dy * xhat, xhat = (x - mean) * inv_std (float64 sums)."""
     N, C = x.shape[0], x.shape[1]
