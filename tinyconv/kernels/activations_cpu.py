@@ -1,24 +1,19 @@
 """numba CPU kernels for ReLU: forward writes y and the mask in one pass; backward one multiply."""
 import numba
-from numba import prange
-
-from . import launcher
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def relu_forward(x, y, mask):
     """Flat (contiguous) arrays: mask[i] = x[i] > 0; y[i] = x[i] if mask[i] else 0."""
-    for i in prange(x.size):
+    for i in range(x.size):
         v = x[i]
         m = v > 0
         mask[i] = m
         y[i] = v if m else 0
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def relu_backward(dy, mask, dx):
     """dx[i] = dy[i] where the input was > 0, else 0."""
-    for i in prange(dy.size):
+    for i in range(dy.size):
         dx[i] = dy[i] if mask[i] else 0

@@ -12,19 +12,15 @@ materialised: out-of-range rows and columns are written as zeros (im2col) or ski
 The caller allocates ``cols`` / ``dx`` with NumPy (NumPy's allocator is faster for large arrays).
 """
 import numba
-from numba import prange
-
-from . import launcher
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols):
     """x (N, C, H, W) -> cols (C*kh*kw, G*out_h*out_w) for images n0 .. n0+G-1 (see module doc)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     K = C * kh * kw
     P = out_h * out_w
-    for task in prange(G * K):            # one task = one row k of one image g: a contiguous run of P
+    for task in range(G * K):            # one task = one row k of one image g: a contiguous run of P
         g = task // K
         k = task % K
         c = k // (kh * kw)
@@ -46,17 +42,16 @@ def im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols):
                     cols[k, dst + q] = 0
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def col2im_chunk(cols, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, dx):
     """The adjoint of im2col_chunk: dx[n0+g, c] = sum over (i, j, p, q) of cols scattered back.
 
-    Overlapping windows add up. Each task owns one (image, channel) plane of dx, so there are no
-    write conflicts between threads; the plane is zeroed first.
+    Overlapping windows add up. One (image, channel) plane of dx at a time: zeroed, then summed
+    into while it is in cache.
     """
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     P = out_h * out_w
-    for task in prange(G * C):
+    for task in range(G * C):
         g = task // C
         c = task % C
         n = n0 + g
@@ -77,26 +72,24 @@ def col2im_chunk(cols, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, dx):
                             dx[n, c, h, w] += cols[k, src + q]
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def chunk_to_nchw(y2, b, n0, G, y):
     """y[n0 + g, o, p] = y2[o, g*P + p] + b[o]: the chunk's GEMM output back to NCHW, plus bias."""
     C_out = y.shape[1]
     P = y.shape[2]
-    for task in prange(G * C_out):
+    for task in range(G * C_out):
         g = task // C_out
         o = task % C_out
         for p in range(P):
             y[n0 + g, o, p] = y2[o, g * P + p] + b[o]
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def nchw_to_chunk(dy, n0, G, dy2):
     """dy2[o, g*P + p] = dy[n0 + g, o, p]: the inverse layout change, for the backward GEMMs."""
     C_out = dy.shape[1]
     P = dy.shape[2]
-    for task in prange(G * C_out):
+    for task in range(G * C_out):
         g = task // C_out
         o = task % C_out
         for p in range(P):

@@ -2,7 +2,7 @@
 ``tinyconv.layers.norm.BatchNorm2D`` with two passes over x forward and two over (x, dy) backward.
 
 Sums run in float64 (whatever x's dtype): M = N*H*W terms per channel, and float32 running sums
-would lose digits for large M. Each task owns one channel (statistics) or one (n, c) plane.
+would lose digits for large M. Loops run per channel (statistics) or per (n, c) plane.
 
 The two reduction kernels allow LLVM to reassociate (``fastmath={"reassoc"}``) so that it can
 vectorise the float64 sums (without it a sum is one serial chain of additions: 2.5x slower here).
@@ -11,13 +11,9 @@ float32 rounding (6e-8) for any batch that fits in memory; no other fast-math fl
 """
 import numba
 import numpy as np
-from numba import prange
-
-from . import launcher
 
 
-@launcher
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+@numba.njit(cache=True, fastmath={"reassoc"})
 def channel_mean_var(x, mean, var):
     """Per channel c over (n, h, w): mean and biased variance, into float64 arrays (C,).
 
@@ -26,7 +22,7 @@ def channel_mean_var(x, mean, var):
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
     M = N * HW
-    for c in prange(C):
+    for c in range(C):
         shift = np.float64(x[0, c, 0, 0])
         s1 = 0.0
         s2 = 0.0
@@ -41,13 +37,12 @@ def channel_mean_var(x, mean, var):
         var[c] = max(s2 / M - m1 * m1, 0.0)
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def normalize(x, mean, inv_std, gamma, beta, y):
     """y = gamma * ((x - mean) * inv_std) + beta per channel (mean, inv_std in x's dtype)."""
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
-    for task in prange(N * C):
+    for task in range(N * C):
         n = task // C
         c = task % C
         src = x[n, c].ravel()
@@ -57,13 +52,12 @@ def normalize(x, mean, inv_std, gamma, beta, y):
             dst[k] = g * ((src[k] - mu) * s) + b
 
 
-@launcher
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+@numba.njit(cache=True, fastmath={"reassoc"})
 def backward_sums(x, dy, mean, inv_std, dbeta, dgamma):
     """dbeta[c] = sum dy;  dgamma[c] = sum dy * xhat, xhat = (x - mean) * inv_std (float64 sums)."""
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
-    for c in prange(C):
+    for c in range(C):
         mu, s = mean[c], inv_std[c]
         sb = 0.0
         sg = 0.0
@@ -78,13 +72,12 @@ def backward_sums(x, dy, mean, inv_std, dbeta, dgamma):
         dgamma[c] = sg
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def backward_dx(x, dy, mean, inv_std, scale, dbeta, dgamma, M, dx):
     """dx = scale / M * (M * dy - dbeta - xhat * dgamma), scale = gamma * inv_std (all per channel)."""
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
-    for task in prange(N * C):
+    for task in range(N * C):
         n = task // C
         c = task % C
         xs = x[n, c].ravel()

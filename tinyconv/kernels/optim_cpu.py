@@ -7,10 +7,7 @@ arrays' dtype (the scalars are passed already cast to it):
 import numba
 import numpy as np
 
-from . import launcher
 
-
-@launcher
 @numba.njit(cache=True)
 def adam_update(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, step):
     """Flat contiguous arrays, updated in place; step = lr / bc1."""

@@ -5,17 +5,13 @@
     argmax[n, c, p, q] = i*kw + j of the FIRST maximum (row-major in the window; ties go first)
 """
 import numba
-from numba import prange
-
-from . import launcher
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
     N, C = x.shape[0], x.shape[1]
     out_h, out_w = y.shape[2], y.shape[3]
-    for task in prange(N * C):
+    for task in range(N * C):
         n = task // C
         c = task % C
         for p in range(out_h):
@@ -32,18 +28,17 @@ def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
                 argmax[n, c, p, q] = best_idx
 
 
-@launcher
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
     """dx[n, c, p*sh + i, q*sw + j] += dy[n, c, p, q] where (i, j) is the window's argmax; 0 elsewhere.
 
-    Each task owns one (n, c) plane: zero it, then add (+= handles overlapping windows). Rows and
+    One (n, c) plane at a time: zero it, then add (+= handles overlapping windows). Rows and
     columns that floor mode dropped stay 0.
     """
     N, C = dx.shape[0], dx.shape[1]
     H, W = dx.shape[2], dx.shape[3]
     out_h, out_w = dy.shape[2], dy.shape[3]
-    for task in prange(N * C):
+    for task in range(N * C):
         n = task // C
         c = task % C
         for h in range(H):
