@@ -187,6 +187,16 @@ def test_adam_kernel_matches_plain(plain, dtype):
             np.testing.assert_allclose(fast[k], ref[k], rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
+def test_empty_batches_take_the_plain_path_or_work():
+    """An empty batch must not reach a kernel that reads x[0] (numba does not check bounds)."""
+    x = np.zeros((0, 2, 4, 4), dtype=np.float32)
+    assert Conv2D(2, 3, 3, padding=1).forward(x).shape == (0, 3, 4, 4)
+    assert MaxPool2D(2).forward(x).shape == (0, 2, 2, 2)
+    assert ReLU().forward(x).shape == x.shape
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        BatchNorm2D(2).forward(x)                      # plain path: mean of nothing is nan
+
+
 def test_kernels_skip_cupy_like_and_odd_dtypes():
     """Only float32/float64 NumPy arrays take the numba path."""
     assert kernels.use_cpu_kernels(np.zeros(3, np.float32), np.zeros(2, np.float64))

@@ -41,7 +41,7 @@ class BatchNorm2D(Layer):
     def forward(self, x, train=True):
         xp = get_array_module(x)
         gamma, beta = self.params["gamma"], self.params["beta"]
-        fast = train and use_cpu_kernels(x, gamma) and x.dtype == gamma.dtype
+        fast = train and use_cpu_kernels(x, gamma) and x.dtype == gamma.dtype and x.size > 0
         if fast:
             from ..kernels import norm_cpu
             x = np.ascontiguousarray(x)
