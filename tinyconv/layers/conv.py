@@ -64,7 +64,8 @@ class Conv2D(Layer):
 
     x (N, C_in, H, W) -> y (N, C_out, out_h, out_w), out = (size + 2*pad - k) // stride + 1.
     params: w (C_out, C_in, kh, kw), b (C_out,). Caches the column matrix of x for backward
-    (on NumPy: x itself). ``needs_input_grad = False`` (for a first layer, whose input is the
+    (on NumPy: x itself, not a copy, as Dense does: do not modify x in place before backward).
+    ``needs_input_grad = False`` (for a first layer, whose input is the
     images) makes backward skip dx and return None.
     """
 
