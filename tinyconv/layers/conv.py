@@ -170,8 +170,8 @@ class Conv2D(Layer):
         w2 = self.params["w"].reshape(C_out, K)
         if "b" in self.params:
             self.grads["b"] = dy.sum(axis=(0, 2))
-        dw = np.zeros((C_out, K), dtype=x.dtype)
-        dw_chunk = np.empty_like(dw)
+        dw_t = np.zeros((K, C_out), dtype=x.dtype)             # dw transposed: see below
+        dw_chunk = np.empty_like(dw_t)
         dx = np.empty(x.shape, dtype=x.dtype) if self.needs_input_grad else None
         buf = np.empty(K * G * P, dtype=x.dtype)                # cols, then dcols, of one chunk
         dy2buf = np.empty(C_out * G * P, dtype=x.dtype) if G > 1 else None
@@ -184,13 +184,14 @@ class Conv2D(Layer):
             else:
                 dy2 = dy2buf[:C_out * g * P].reshape(C_out, g * P)
                 conv_cpu.nchw_to_chunk(dy, n0, g, dy2)
-            # dw[o, k] += sum over the chunk's columns of dy2[o, col] * cols[k, col]
-            np.matmul(dy2, cols.T, out=dw_chunk)
-            dw += dw_chunk
+            # dw[o, k] += sum over the chunk's columns of cols[k, col] * dy2[o, col], computed as
+            # cols @ dy2.T -> (K, C_out): OpenBLAS runs this orientation 10-20% faster here
+            np.matmul(cols, dy2.T, out=dw_chunk)
+            dw_t += dw_chunk
             if dx is not None:
                 np.matmul(w2.T, dy2, out=cols)                  # dcols overwrite the chunk's cols
                 conv_cpu.col2im_chunk(cols, n0, g, *geo, dx)
-        self.grads["w"] = dw.reshape(self.params["w"].shape)
+        self.grads["w"] = np.ascontiguousarray(dw_t.T).reshape(self.params["w"].shape)
         return dx
 
     def extra_repr(self):
