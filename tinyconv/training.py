@@ -53,7 +53,7 @@ class TrainConfig:
     cache_dir: str = "data"
     image_size: tuple = (54, 44)
     attributes: tuple = ATTRIBUTES
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     factor: float = 2.0                        # the study's alpha: batch size x factor, or lr / factor

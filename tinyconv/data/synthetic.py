@@ -50,7 +50,7 @@ _OTHER_RATES = {
 }
 HAIR = {"Black_Hair": (25, 20, 18), "Brown_Hair": (95, 60, 35), "Blond_Hair": (200, 165, 95),
         "Gray_Hair": (150, 148, 145)}
-DEFAULT_COUNT = 5000
+DEFAULT_COUNT = 3000
 PARTITION_FRACTIONS = (0.8, 0.1, 0.1)
 
 _Y, _X = np.mgrid[0:H, 0:W].astype(np.float32)
