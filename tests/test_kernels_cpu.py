@@ -109,7 +109,7 @@ def test_conv2d_without_input_grad(plain):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,k,s", [((2, 3, 6, 8), 2, None), ((1, 2, 7, 5), 2, None),
                                        ((2, 2, 9, 9), 3, 2), ((1, 1, 8, 7), (3, 2), (2, 3)),
-                                       ((3, 4, 11, 10), 3, 1)])
+                                       ((3, 4, 11, 10), 3, 1), ((2, 2, 5, 6), 2, 1), ((2, 3, 9, 6), 2, (2, 3))])
 def test_maxpool_kernels_match_plain(plain, dtype, shape, k, s):
     rng = np.random.default_rng(6)
     x = rng.standard_normal(shape).astype(dtype)

@@ -14,6 +14,28 @@ def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
     for task in range(N * C):
         n = task // C
         c = task % C
+        if kh == 2 and kw == 2:                # the default model's 2x2 window, unrolled
+            for p in range(out_h):
+                h = p * sh
+                for q in range(out_w):
+                    w = q * sw
+                    best = x[n, c, h, w]
+                    best_idx = 0
+                    v = x[n, c, h, w + 1]
+                    if v > best:
+                        best = v
+                        best_idx = 1
+                    v = x[n, c, h + 1, w]
+                    if v > best:
+                        best = v
+                        best_idx = 2
+                    v = x[n, c, h + 1, w + 1]
+                    if v > best:
+                        best = v
+                        best_idx = 3
+                    y[n, c, p, q] = best
+                    argmax[n, c, p, q] = best_idx
+            continue
         for p in range(out_h):
             for q in range(out_w):
                 best = x[n, c, p * sh, q * sw]
@@ -41,6 +63,24 @@ def maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
     for task in range(N * C):
         n = task // C
         c = task % C
+        if kh == 2 and kw == 2 and sh == 2 and sw == 2:
+            # disjoint 2x2 windows: write each covered dx once (dy at the argmax, 0 elsewhere),
+            # then zero the row and column that floor mode dropped, if any
+            for p in range(out_h):
+                for q in range(out_w):
+                    d = dy[n, c, p, q]
+                    idx = argmax[n, c, p, q]
+                    dx[n, c, 2 * p, 2 * q] = d if idx == 0 else 0
+                    dx[n, c, 2 * p, 2 * q + 1] = d if idx == 1 else 0
+                    dx[n, c, 2 * p + 1, 2 * q] = d if idx == 2 else 0
+                    dx[n, c, 2 * p + 1, 2 * q + 1] = d if idx == 3 else 0
+            for h in range(2 * out_h, H):
+                for w in range(W):
+                    dx[n, c, h, w] = 0
+            for h in range(2 * out_h):
+                for w in range(2 * out_w, W):
+                    dx[n, c, h, w] = 0
+            continue
         for h in range(H):
             for w in range(W):
                 dx[n, c, h, w] = 0
