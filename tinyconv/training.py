@@ -260,6 +260,9 @@ class Run:
             num_outputs=len(ds.attributes), input_shape=(3,) + tuple(ds.image_size), width=cfg.width,
             dropout=cfg.dropout, init=cfg.init, seed=cfg.seed)
         self.model.to(cfg.device)
+        first = self.model.layers[0]
+        if hasattr(first, "needs_input_grad"):   # no one needs the gradient of the input images
+            first.needs_input_grad = False
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = build_schedule(cfg)
         self.loss_fn = BCEWithLogits(pos_weight=cfg.pos_weight)
