@@ -203,3 +203,59 @@ def test_kernels_skip_cupy_like_and_odd_dtypes():
     assert not kernels.use_cpu_kernels(np.zeros(3, np.float16))
     assert not kernels.use_cpu_kernels(np.zeros(3, np.int32))
     assert not kernels.use_cpu_kernels([1.0, 2.0])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_do_not_change_results(monkeypatch, threads):
+    """The layers split their work into parts whose bounds do not depend on the thread count: one
+    thread and several give bit-identical outputs and gradients (conv's chunked dw/db included)."""
+    from tinyconv.kernels import threads as pool
+    monkeypatch.setattr(pool, "MIN_PARALLEL_ELEMENTS", 0)        # split even these small arrays
+    monkeypatch.setattr(conv_module, "CHUNK_ELEMENTS", 500)      # several chunks per thread
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((9, 3, 11, 10)).astype(np.float32)
+
+    def run():
+        layers = [Conv2D(3, 5, 3, padding=1, rng=np.random.default_rng(1)), BatchNorm2D(5), ReLU(),
+                  MaxPool2D(2)]
+        params = layers[0].params
+        opt = Adam([(params, layers[0].grads)], lr=1e-2)
+        out = []
+        for layer in layers:
+            out.append(layer.forward(x if not out else out[-1], True))
+        dy = np.random.default_rng(11).standard_normal(out[-1].shape).astype(np.float32)
+        for layer in reversed(layers):
+            dy = layer.backward(dy)
+            out.append(dy)
+        opt.step()
+        return out + [g.copy() for g in layers[0].grads.values()] + [p.copy() for p in params.values()]
+
+    before = pool.get_num_threads()
+    try:
+        pool.set_num_threads(1)
+        serial = run()
+        pool.set_num_threads(threads)
+        parallel = run()
+    finally:
+        pool.set_num_threads(before)
+    assert len(serial) == len(parallel)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_run_parts_propagates_errors_and_runs_every_part():
+    from tinyconv.kernels import threads as pool
+    before = pool.get_num_threads()
+    pool.set_num_threads(2)
+    try:
+        seen = []
+        pool.run_parts(seen.append, 5)
+        assert sorted(seen) == [0, 1, 2, 3, 4]
+
+        def fail(i):
+            if i == 1:
+                raise ValueError("part 1")
+        with pytest.raises(ValueError, match="part 1"):
+            pool.run_parts(fail, 2)
+    finally:
+        pool.set_num_threads(before)

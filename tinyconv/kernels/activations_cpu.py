@@ -2,7 +2,7 @@
 import numba
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def relu_forward(x, y, mask):
     """Flat (contiguous) arrays: mask[i] = x[i] > 0; y[i] = x[i] if mask[i] else 0."""
     for i in range(x.size):
@@ -12,7 +12,7 @@ def relu_forward(x, y, mask):
         y[i] = v if m else 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def relu_backward(dy, mask, dx):
     """dx[i] = dy[i] where the input was > 0, else 0."""
     for i in range(dy.size):

@@ -14,7 +14,7 @@ The caller allocates ``cols`` / ``dx`` with NumPy (NumPy's allocator is faster f
 import numba
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols):
     """x (N, C, H, W) -> cols (C*kh*kw, G*out_h*out_w) for images n0 .. n0+G-1 (see module doc)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -42,7 +42,7 @@ def im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols):
                     cols[k, dst + q] = 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def col2im_chunk(cols, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, dx):
     """The adjoint of im2col_chunk: dx[n0+g, c] = sum over (i, j, p, q) of cols scattered back.
 
@@ -72,7 +72,7 @@ def col2im_chunk(cols, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, dx):
                             dx[n, c, h, w] += cols[k, src + q]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def chunk_to_nchw(y2, b, n0, G, y):
     """y[n0 + g, o, p] = y2[o, g*P + p] + b[o]: the chunk's GEMM output back to NCHW, plus bias."""
     C_out = y.shape[1]
@@ -84,7 +84,7 @@ def chunk_to_nchw(y2, b, n0, G, y):
             y[n0 + g, o, p] = y2[o, g * P + p] + b[o]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def nchw_to_chunk(dy, n0, G, dy2):
     """dy2[o, g*P + p] = dy[n0 + g, o, p]: the inverse layout change, for the backward GEMMs."""
     C_out = dy.shape[1]

@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def adam_update(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, step):
     """Flat contiguous arrays, updated in place; step = lr / bc1."""
     for i in range(p.size):

@@ -7,7 +7,7 @@
 import numba
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
     N, C = x.shape[0], x.shape[1]
     out_h, out_w = y.shape[2], y.shape[3]
@@ -50,7 +50,7 @@ def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
                 argmax[n, c, p, q] = best_idx
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
     """dx[n, c, p*sh + i, q*sw + j] += dy[n, c, p, q] where (i, j) is the window's argmax; 0 elsewhere.
 

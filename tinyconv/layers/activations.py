@@ -3,6 +3,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_device, device_of
 from ..kernels import use_cpu_kernels
+from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer
 
 
@@ -15,7 +16,13 @@ class ReLU(Layer):
             x = np.ascontiguousarray(x)
             y = np.empty_like(x)
             mask = np.empty(x.shape, dtype=np.bool_)
-            activations_cpu.relu_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1))
+            xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
+            parts = parts_for(x.size, x.size)
+
+            def forward(i):                      # the threads split the elements
+                a, b = split(x.size, parts, i)
+                activations_cpu.relu_forward(xf[a:b], yf[a:b], mf[a:b])
+            run_parts(forward, parts)
             self.cache = mask if train else None
             return y
         xp = get_array_module(x)
@@ -30,7 +37,13 @@ class ReLU(Layer):
             from ..kernels import activations_cpu
             dy = np.ascontiguousarray(dy)
             dx = np.empty_like(dy)
-            activations_cpu.relu_backward(dy.reshape(-1), self.cache.reshape(-1), dx.reshape(-1))
+            dyf, mf, dxf = dy.reshape(-1), self.cache.reshape(-1), dx.reshape(-1)
+            parts = parts_for(dy.size, dy.size)
+
+            def backward(i):
+                a, b = split(dy.size, parts, i)
+                activations_cpu.relu_backward(dyf[a:b], mf[a:b], dxf[a:b])
+            run_parts(backward, parts)
             return dx
         return dy * self.cache
 

@@ -10,18 +10,24 @@ The GEMM output is already NCHW, so no transpose is needed after it. Backward:
 On NumPy arrays the layer uses numba kernels (tinyconv/kernels/conv_cpu.py) and works through the
 batch in chunks of G images: one (C*kh*kw, G*P) column matrix per chunk, one GEMM per chunk, and
 only x cached (backward rebuilds each chunk's columns). The column matrix of the whole batch, 9x
-the input for a 3x3 kernel, is never held in memory.
+the input for a 3x3 kernel, is never held in memory. The threads (kernels/threads.py) take equal
+shares of the chunks, each with its own column buffer and single-threaded GEMMs; dw and db are
+summed per chunk and the partial sums added in chunk order.
 """
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE, get_array_module
 from ..init import initialize
 from ..kernels import use_cpu_kernels
+from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer, conv_out_size, pair
 
 # Column-matrix elements per chunk on the CPU path (4 MiB of float32): large enough for an
 # efficient GEMM, small enough to stay near the caches and keep peak memory low.
 CHUNK_ELEMENTS = 1 << 20
+# The number of chunks is rounded up to a multiple of this (at most N), so that 1, 2 or 4 threads
+# get equal shares of the batch.
+CHUNK_MULTIPLE = 4
 
 
 def im2col(x, kh, kw, stride=(1, 1), pad=(0, 0)):
@@ -125,38 +131,49 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         return col2im(dcols, x_shape, kh, kw, self.stride, self.padding)
 
-    # -- NumPy path: numba im2col/col2im per chunk of G images, one GEMM per chunk ------------------
-    def _geometry(self, x_shape):
+    # -- NumPy path: numba im2col/col2im per chunk of images, one GEMM per chunk, chunks over threads --
+    def _chunks(self, x_shape):
+        """Geometry, K, P and the chunk bounds: nc chunks of near-equal image counts, nc a multiple
+        of CHUNK_MULTIPLE (at most N) so that the threads get equal shares; the bounds never
+        depend on the number of threads, so neither do the results."""
         N, C, H, W = x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         out_h, out_w = conv_out_size(H, kh, sh, ph), conv_out_size(W, kw, sw, pw)
         K, P = C * kh * kw, out_h * out_w
-        G = max(1, min(N, CHUNK_ELEMENTS // (K * P)))   # images per chunk
-        return (kh, kw, sh, sw, ph, pw, out_h, out_w), K, P, G
+        nc = -(-N * K * P // CHUNK_ELEMENTS)
+        nc = min(N, -(-nc // CHUNK_MULTIPLE) * CHUNK_MULTIPLE)
+        bounds = [i * N // nc for i in range(nc + 1)] if nc else [0]
+        return (kh, kw, sh, sw, ph, pw, out_h, out_w), K, P, bounds
 
     def _forward_cpu(self, x, train):
         from ..kernels import conv_cpu
         x = np.ascontiguousarray(x)
         N = x.shape[0]
-        geo, K, P, G = self._geometry(x.shape)
+        geo, K, P, bounds = self._chunks(x.shape)
         out_h, out_w = geo[6], geo[7]
+        nc, G = len(bounds) - 1, -(-N // max(len(bounds) - 1, 1))   # chunks, most images in one
         C_out = self.out_channels
         w2 = self.params["w"].reshape(C_out, K)
         b = self.params["b"] if "b" in self.params else np.zeros(C_out, dtype=x.dtype)
         y = np.empty((N, C_out, P), dtype=x.dtype)
-        buf = np.empty(K * G * P, dtype=x.dtype)                # cols of one chunk
-        y2buf = np.empty(C_out * G * P, dtype=x.dtype) if G > 1 else None
-        for n0 in range(0, N, G):
-            g = min(G, N - n0)
-            cols = buf[:K * g * P].reshape(K, g * P)
-            conv_cpu.im2col_chunk(x, n0, g, *geo, cols)
-            if g == 1:                                          # the GEMM output is y[n0] itself
-                np.matmul(w2, cols, out=y[n0])
-                y[n0] += b[:, None]
-            else:                                               # (C_out, g*P) -> y[n0:n0+g] + b
-                y2 = y2buf[:C_out * g * P].reshape(C_out, g * P)
-                np.matmul(w2, cols, out=y2)
-                conv_cpu.chunk_to_nchw(y2, b, n0, g, y)
+        parts = parts_for(nc, N * K * P)
+        bufs = np.empty((parts, K * G * P), dtype=x.dtype)         # cols of one chunk, per thread
+        y2bufs = np.empty((parts, C_out * G * P), dtype=x.dtype) if G > 1 else None
+
+        def forward(t):                                         # thread t: chunks c0 .. c1-1
+            c0, c1 = split(nc, parts, t)
+            for c in range(c0, c1):
+                n0, g = bounds[c], bounds[c + 1] - bounds[c]
+                cols = bufs[t, :K * g * P].reshape(K, g * P)
+                conv_cpu.im2col_chunk(x, n0, g, *geo, cols)
+                if g == 1:                                      # the GEMM output is y[n0] itself
+                    np.matmul(w2, cols, out=y[n0])
+                    y[n0] += b[:, None]
+                else:                                           # (C_out, g*P) -> y[n0:n0+g] + b
+                    y2 = y2bufs[t, :C_out * g * P].reshape(C_out, g * P)
+                    np.matmul(w2, cols, out=y2)
+                    conv_cpu.chunk_to_nchw(y2, b, n0, g, y)
+        run_parts(forward, parts)
         self.cache = ("x", x) if train else None
         return y.reshape(N, C_out, out_h, out_w)
 
@@ -164,33 +181,47 @@ class Conv2D(Layer):
         from ..kernels import conv_cpu
         _, x = self.cache
         N = x.shape[0]
-        geo, K, P, G = self._geometry(x.shape)
+        geo, K, P, bounds = self._chunks(x.shape)
+        nc, G = len(bounds) - 1, -(-N // max(len(bounds) - 1, 1))
         C_out = self.out_channels
         dy = np.ascontiguousarray(dy, dtype=x.dtype).reshape(N, C_out, P)
         w2 = self.params["w"].reshape(C_out, K)
-        if "b" in self.params:
-            self.grads["b"] = dy.sum(axis=(0, 2))
-        dw_t = np.zeros((K, C_out), dtype=x.dtype)             # dw transposed: see below
-        dw_chunk = np.empty_like(dw_t)
+        # dw and db as one partial sum per chunk, added in chunk order below (deterministic, and
+        # the same for any number of threads). dw transposed (K, C_out): see below.
+        dw_parts = np.empty((nc, K, C_out), dtype=x.dtype)
+        db_parts = np.empty((nc, C_out), dtype=x.dtype)
         dx = np.empty(x.shape, dtype=x.dtype) if self.needs_input_grad else None
-        buf = np.empty(K * G * P, dtype=x.dtype)                # cols, then dcols, of one chunk
-        dy2buf = np.empty(C_out * G * P, dtype=x.dtype) if G > 1 else None
-        for n0 in range(0, N, G):
-            g = min(G, N - n0)
-            cols = buf[:K * g * P].reshape(K, g * P)
-            conv_cpu.im2col_chunk(x, n0, g, *geo, cols)         # rebuilt, not cached
-            if g == 1:
-                dy2 = dy[n0]
-            else:
-                dy2 = dy2buf[:C_out * g * P].reshape(C_out, g * P)
-                conv_cpu.nchw_to_chunk(dy, n0, g, dy2)
-            # dw[o, k] += sum over the chunk's columns of cols[k, col] * dy2[o, col], computed as
-            # cols @ dy2.T -> (K, C_out): OpenBLAS runs this orientation 10-20% faster here
-            np.matmul(cols, dy2.T, out=dw_chunk)
-            dw_t += dw_chunk
-            if dx is not None:
-                np.matmul(w2.T, dy2, out=cols)                  # dcols overwrite the chunk's cols
-                conv_cpu.col2im_chunk(cols, n0, g, *geo, dx)
+        parts = parts_for(nc, N * K * P)
+        bufs = np.empty((parts, K * G * P), dtype=x.dtype)         # cols, then dcols, of one chunk
+        dy2bufs = np.empty((parts, C_out * G * P), dtype=x.dtype) if G > 1 else None
+
+        def backward(t):
+            c0, c1 = split(nc, parts, t)
+            for c in range(c0, c1):
+                n0, g = bounds[c], bounds[c + 1] - bounds[c]
+                cols = bufs[t, :K * g * P].reshape(K, g * P)
+                conv_cpu.im2col_chunk(x, n0, g, *geo, cols)     # rebuilt, not cached
+                if g == 1:
+                    dy2 = dy[n0]
+                else:
+                    dy2 = dy2bufs[t, :C_out * g * P].reshape(C_out, g * P)
+                    conv_cpu.nchw_to_chunk(dy, n0, g, dy2)
+                np.sum(dy2, axis=1, out=db_parts[c])
+                # dw[o, k] = sum over the chunk's columns of cols[k, col] * dy2[o, col], computed
+                # as cols @ dy2.T -> (K, C_out): OpenBLAS runs this orientation 10-20% faster here
+                np.matmul(cols, dy2.T, out=dw_parts[c])
+                if dx is not None:
+                    np.matmul(w2.T, dy2, out=cols)              # dcols overwrite the chunk's cols
+                    conv_cpu.col2im_chunk(cols, n0, g, *geo, dx)
+        run_parts(backward, parts)
+        if nc == 0:                                             # an empty batch
+            dw_parts, db_parts, nc = np.zeros((1, K, C_out), x.dtype), np.zeros((1, C_out), x.dtype), 1
+        dw_t, db = dw_parts[0], db_parts[0]
+        for c in range(1, nc):
+            dw_t += dw_parts[c]
+            db += db_parts[c]
+        if "b" in self.params:
+            self.grads["b"] = db.copy()
         self.grads["w"] = np.ascontiguousarray(dw_t.T).reshape(self.params["w"].shape)
         return dx
 

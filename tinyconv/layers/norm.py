@@ -3,6 +3,7 @@ import numpy as np
 
 from ..backend import DEFAULT_DTYPE, get_array_module
 from ..kernels import use_cpu_kernels
+from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer
 
 
@@ -21,7 +22,8 @@ class BatchNorm2D(Layer):
 
     On NumPy arrays training mode runs numba kernels (tinyconv/kernels/norm_cpu.py): statistics
     with float64 sums in one pass, y in a second; x, mean and inv_std are cached instead of xhat,
-    and backward recomputes xhat on the fly (two passes, no temporaries the size of x).
+    and backward recomputes xhat on the fly (two passes, no temporaries the size of x). The threads
+    split the statistics by channel and the elementwise passes by image (kernels/threads.py).
     """
 
     def __init__(self, channels, momentum=0.1, eps=1e-5, dtype=DEFAULT_DTYPE):
@@ -47,7 +49,8 @@ class BatchNorm2D(Layer):
             x = np.ascontiguousarray(x)
             mean = np.empty(self.channels, dtype=np.float64)
             var = np.empty(self.channels, dtype=np.float64)
-            norm_cpu.channel_mean_var(x, mean, var)
+            parts = parts_for(self.channels, x.size)
+            run_parts(lambda i: norm_cpu.channel_mean_var(x, mean, var, *split(self.channels, parts, i)), parts)
         elif train:
             mean = x.mean(axis=(0, 2, 3))
             var = x.var(axis=(0, 2, 3))
@@ -64,7 +67,12 @@ class BatchNorm2D(Layer):
         if fast:
             mean = mean.astype(x.dtype)
             y = np.empty_like(x)
-            norm_cpu.normalize(x, mean, inv_std, gamma, beta, y)
+            parts = parts_for(x.shape[0], x.size)
+
+            def normalize(i):
+                a, b = split(x.shape[0], parts, i)
+                norm_cpu.normalize(x[a:b], mean, inv_std, gamma, beta, y[a:b])
+            run_parts(normalize, parts)
             self.cache = ("x", x, mean, inv_std)
             return y
         xhat = (x - mean.astype(x.dtype)[:, None, None]) * inv_std[:, None, None]
@@ -92,13 +100,20 @@ class BatchNorm2D(Layer):
         dy = np.ascontiguousarray(dy, dtype=x.dtype)
         dbeta = np.empty(self.channels, dtype=np.float64)
         dgamma = np.empty(self.channels, dtype=np.float64)
-        norm_cpu.backward_sums(x, dy, mean, inv_std, dbeta, dgamma)
+        parts = parts_for(self.channels, x.size)
+        run_parts(lambda i: norm_cpu.backward_sums(x, dy, mean, inv_std, dbeta, dgamma,
+                                                   *split(self.channels, parts, i)), parts)
         self.grads["beta"] = dbeta = dbeta.astype(x.dtype)
         self.grads["gamma"] = dgamma = dgamma.astype(x.dtype)
         scale = self.params["gamma"] * inv_std
         m = x.dtype.type(dy.size // self.channels)
         dx = np.empty_like(dy)
-        norm_cpu.backward_dx(x, dy, mean, inv_std, scale, dbeta, dgamma, m, dx)
+        parts = parts_for(x.shape[0], x.size)
+
+        def backward_dx(i):
+            a, b = split(x.shape[0], parts, i)
+            norm_cpu.backward_dx(x[a:b], dy[a:b], mean, inv_std, scale, dbeta, dgamma, m, dx[a:b])
+        run_parts(backward_dx, parts)
         return dx
 
     def extra_repr(self):

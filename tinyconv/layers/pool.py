@@ -7,6 +7,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..kernels import use_cpu_kernels
+from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer, conv_out_size, pair
 
 
@@ -44,7 +45,12 @@ class MaxPool2D(Layer):
             x = np.ascontiguousarray(x)
             y = np.empty(x.shape[:2] + (out_h, out_w), dtype=x.dtype)
             argmax = np.empty(y.shape, dtype=np.uint8)
-            pool_cpu.maxpool_forward(x, kh, kw, *self.stride, y, argmax)
+            parts = parts_for(x.shape[0], x.size)
+
+            def forward(i):                      # the threads split the images
+                a, b = split(x.shape[0], parts, i)
+                pool_cpu.maxpool_forward(x[a:b], kh, kw, *self.stride, y[a:b], argmax[a:b])
+            run_parts(forward, parts)
             self.cache = (x.shape, argmax) if train else None
             return y
         y = _window(x, 0, 0, self.stride, (out_h, out_w)).copy()
@@ -67,7 +73,13 @@ class MaxPool2D(Layer):
         if use_cpu_kernels(dy):
             from ..kernels import pool_cpu
             dx = np.empty(x_shape, dtype=dy.dtype)
-            pool_cpu.maxpool_backward(np.ascontiguousarray(dy), argmax, kh, kw, *self.stride, dx)
+            dy = np.ascontiguousarray(dy)
+            parts = parts_for(dx.shape[0], dx.size)
+
+            def backward(i):
+                a, b = split(dx.shape[0], parts, i)
+                pool_cpu.maxpool_backward(dy[a:b], argmax[a:b], kh, kw, *self.stride, dx[a:b])
+            run_parts(backward, parts)
             return dx
         dx = xp.zeros(x_shape, dtype=dy.dtype)
         overlapping = self.stride[0] < kh or self.stride[1] < kw
