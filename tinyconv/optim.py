@@ -7,6 +7,7 @@ import numpy as np
 
 from .backend import get_array_module, to_cpu, to_device, device_of
 from .kernels import use_cpu_kernels
+from .kernels.common_gpu import use_gpu_kernels
 
 
 class Optimizer:
@@ -84,6 +85,10 @@ class Adam(Optimizer):
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        if self.parameters and use_gpu_kernels(*self.parameters[0][0].values()):
+            from .kernels import optim_gpu               # one CUDA launch for all parameters
+            if optim_gpu.adam_step(self, bc1, bc2):
+                return
         for p, g, i, k in self._pairs():
             xp = get_array_module(p)
             m, v = self.m[i][k], self.v[i][k]

@@ -10,7 +10,12 @@ from .base import Layer
 class ReLU(Layer):
     """y = max(x, 0); dx = dy where x > 0, else 0 (the subgradient 0 at x == 0). Caches the mask."""
 
+    fused_from = None   # a BatchNorm2D that may apply this ReLU itself (tinyconv/kernels/fuse_gpu.py)
+
     def forward(self, x, train=True):
+        if self.fused_from is not None and self.fused_from.relu_applied:
+            self.cache = "fused" if train else None     # x is already max(BN(.), 0)
+            return x
         if use_cpu_kernels(x):       # numba: y and mask in one pass (tinyconv/kernels/activations_cpu.py)
             from ..kernels import activations_cpu
             x = np.ascontiguousarray(x)
@@ -33,6 +38,8 @@ class ReLU(Layer):
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("ReLU.backward called without a forward(train=True) before it")
+        if isinstance(self.cache, str):                 # "fused": BatchNorm2D's backward masks dy
+            return dy
         if use_cpu_kernels(dy) and dy.shape == self.cache.shape:
             from ..kernels import activations_cpu
             dy = np.ascontiguousarray(dy)

@@ -19,6 +19,7 @@ import numpy as np
 from ..backend import DEFAULT_DTYPE, get_array_module
 from ..init import initialize
 from ..kernels import use_cpu_kernels
+from ..kernels.common_gpu import use_gpu_kernels
 from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer, conv_out_size, pair
 
@@ -99,6 +100,9 @@ class Conv2D(Layer):
     def forward(self, x, train=True):
         if use_cpu_kernels(x, self.params["w"]) and x.dtype == self.params["w"].dtype:
             return self._forward_cpu(x, train)
+        if use_gpu_kernels(x, self.params["w"]):            # CUDA kernels: tinyconv/kernels/conv_gpu.py
+            from ..kernels import conv_gpu
+            return conv_gpu.forward(self, x, train)
         xp = get_array_module(x)
         N = x.shape[0]
         _, out_h, out_w = self.output_shape(x.shape[1:])
@@ -116,6 +120,9 @@ class Conv2D(Layer):
             raise RuntimeError("Conv2D.backward called without a forward(train=True) before it")
         if self.cache[0] == "x":
             return self._backward_cpu(dy)
+        if self.cache[0] == "gpu":
+            from ..kernels import conv_gpu
+            return conv_gpu.backward(self, dy)
         xp = get_array_module(dy)
         _, x_shape, cols = self.cache
         N = dy.shape[0]

@@ -3,6 +3,7 @@ import numpy as np
 
 from ..backend import DEFAULT_DTYPE, get_array_module
 from ..kernels import use_cpu_kernels
+from ..kernels.common_gpu import use_gpu_kernels
 from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer
 
@@ -26,6 +27,11 @@ class BatchNorm2D(Layer):
     split the statistics by channel and the elementwise passes by image (kernels/threads.py).
     """
 
+    # Set by kernels/fuse_gpu.py when a ReLU follows: the CUDA path then applies max(y, 0) itself
+    # and says so in relu_applied (reset at every forward), and that ReLU passes values through.
+    fuse_relu = False
+    relu_applied = False
+
     def __init__(self, channels, momentum=0.1, eps=1e-5, dtype=DEFAULT_DTYPE):
         super().__init__()
         self.channels, self.momentum, self.eps = channels, momentum, eps
@@ -41,6 +47,10 @@ class BatchNorm2D(Layer):
         return input_shape
 
     def forward(self, x, train=True):
+        self.relu_applied = False
+        if x.size > 0 and use_gpu_kernels(x, *self.params.values(), *self.buffers.values()):
+            from ..kernels import norm_gpu             # CUDA kernels: tinyconv/kernels/norm_gpu.py
+            return norm_gpu.forward(self, x, train)
         xp = get_array_module(x)
         gamma, beta = self.params["gamma"], self.params["beta"]
         fast = train and use_cpu_kernels(x, gamma) and x.dtype == gamma.dtype and x.size > 0
@@ -82,6 +92,9 @@ class BatchNorm2D(Layer):
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("BatchNorm2D.backward called without a forward before it")
+        if isinstance(self.cache[0], str) and self.cache[0] == "gpu":
+            from ..kernels import norm_gpu
+            return norm_gpu.backward(self, dy)
         if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std): the NumPy path
             return self._backward_cpu(dy)
         xhat, inv_std, train = self.cache

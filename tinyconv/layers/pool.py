@@ -7,6 +7,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..kernels import use_cpu_kernels
+from ..kernels.common_gpu import use_gpu_kernels
 from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer, conv_out_size, pair
 
@@ -53,6 +54,11 @@ class MaxPool2D(Layer):
             run_parts(forward, parts)
             self.cache = (x.shape, argmax) if train else None
             return y
+        if use_gpu_kernels(x):               # CUDA kernels: tinyconv/kernels/pool_gpu.py, same cache
+            from ..kernels import pool_gpu
+            y, argmax = pool_gpu.forward(x, self.kernel_size, self.stride, (out_h, out_w))
+            self.cache = (x.shape, argmax) if train else None
+            return y
         y = _window(x, 0, 0, self.stride, (out_h, out_w)).copy()
         argmax = xp.zeros(y.shape, dtype=xp.uint8)
         for idx in range(1, kh * kw):
@@ -81,6 +87,9 @@ class MaxPool2D(Layer):
                 pool_cpu.maxpool_backward(dy[a:b], argmax[a:b], kh, kw, *self.stride, dx[a:b])
             run_parts(backward, parts)
             return dx
+        if use_gpu_kernels(dy):
+            from ..kernels import pool_gpu
+            return pool_gpu.backward(dy, argmax, x_shape, self.kernel_size, self.stride)
         dx = xp.zeros(x_shape, dtype=dy.dtype)
         overlapping = self.stride[0] < kh or self.stride[1] < kw
         for idx in range(kh * kw):
