@@ -89,17 +89,15 @@ class Adam(Optimizer):
             from .kernels import optim_gpu               # one CUDA launch for all parameters
             if optim_gpu.adam_step(self, bc1, bc2):
                 return
+        fast = []                       # (flat p, g, m, v, scalars) for the numba kernel
         for p, g, i, k in self._pairs():
             xp = get_array_module(p)
             m, v = self.m[i][k], self.v[i][k]
             if (use_cpu_kernels(p, g, m, v) and p.dtype == g.dtype == m.dtype == v.dtype
                     and all(a.flags.c_contiguous for a in (p, g, m, v))):
-                # numba: one in-place pass (tinyconv/kernels/optim_cpu.py), same arithmetic as below
-                from .kernels import optim_cpu
                 t = p.dtype.type
-                optim_cpu.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                                      t(b1), t(1 - b1), t(b2), t(1 - b2), t(bc2), t(self.eps),
-                                      t(self.lr / bc1))
+                fast.append((p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                             (t(b1), t(1 - b1), t(b2), t(1 - b2), t(bc2), t(self.eps), t(self.lr / bc1))))
                 continue
             m *= b1
             m += (1 - b1) * g
@@ -108,6 +106,19 @@ class Adam(Optimizer):
             denom = xp.sqrt(v / bc2)
             denom += self.eps
             p -= (self.lr / bc1) * m / denom
+        if fast:
+            # numba: one in-place pass per array (tinyconv/kernels/optim_cpu.py), same arithmetic
+            # as above; the threads take equal slices of every array (elementwise: same result)
+            from .kernels import optim_cpu
+            from .kernels.threads import parts_for, run_parts, split
+            size = sum(a[0].size for a in fast)
+            parts = parts_for(size, size)
+
+            def update(part):
+                for p, g, m, v, scalars in fast:
+                    a, b = split(p.size, parts, part)
+                    optim_cpu.adam_update(p[a:b], g[a:b], m[a:b], v[a:b], *scalars)
+            run_parts(update, parts)
 
 
 class SGD(Optimizer):
