@@ -1,0 +1,423 @@
+"""The CUDA kernels (tinyconv/kernels/cuda/*.cu, driven by kernels/*_gpu.py) against the plain-xp path.
+
+Three levels, so that most of it runs without a GPU:
+  1. nvcc: every .cu file compiles to PTX for sm_90 (skipped without nvcc).
+  2. CPU emulation: the same .cu files compiled as C++ with a tiny shim (``__global__`` dropped,
+     threadIdx/blockIdx/blockDim/gridDim as globals) and called thread by thread through ctypes,
+     while NumPy stands in for CuPy inside the *_gpu.py modules. The layers then run their whole
+     CUDA path (chunking, GEMM orientation, BN+ReLU fusion, flat Adam) on the CPU, and are held to
+     the plain NumPy path. Small grids whose threads stride (grid 2 x 3, 4 threads) test the loops.
+     None of the kernels uses shared memory or barriers, which is what makes this exact.
+     (skipped without g++)
+  3. GPU: the same comparisons with CuPy on a device, plus a training-step parity with the CPU
+     (skipped without CuPy and a CUDA device).
+"""
+import ctypes
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinyconv import Adam, BatchNorm2D, BCEWithLogits, Conv2D, MaxPool2D, ReLU, seed_cnn
+from tinyconv import kernels
+from tinyconv.backend import gpu_available, to_cpu
+from tinyconv.kernels import common_gpu, conv_gpu, fuse_gpu, loss_gpu, norm_gpu
+
+SOURCES = sorted(common_gpu.CUDA_DIR.glob("*.cu"))
+SHIM = r"""
+#include <math.h>
+struct Dim3 { unsigned x, y, z; };
+extern "C" { Dim3 threadIdx, blockIdx, blockDim, gridDim; }
+#define __global__
+#define __restrict__
+"""
+
+
+# -- 1. nvcc ---------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_cuda_source_compiles_to_ptx(path, tmp_path):
+    out = subprocess.run(["nvcc", "-ptx", "-arch=sm_90", "-o", str(tmp_path / "k.ptx"), str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ".entry" in (tmp_path / "k.ptx").read_text()
+
+
+# -- 2. serial emulation on the CPU ---------------------------------------------------------------
+class Dim3(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_uint), ("y", ctypes.c_uint), ("z", ctypes.c_uint)]
+
+
+class EmulatedModule:
+    """One .cu file compiled by g++; ``get_function(name)(grid, block, args)`` runs every thread
+    of a (shrunk) grid one after the other."""
+
+    def __init__(self, path, build_dir):
+        (build_dir / "shim.h").write_text(SHIM)
+        so = build_dir / (path.stem + ".so")
+        cmd = ["g++", "-O1", "-shared", "-fPIC", "-x", "c++", "-include", str(build_dir / "shim.h"),
+               str(path), "-o", str(so)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        self.lib = ctypes.CDLL(str(so))
+        self.ids = {n: Dim3.in_dll(self.lib, n) for n in ("threadIdx", "blockIdx", "blockDim", "gridDim")}
+
+    @staticmethod
+    def _arg(a):
+        if isinstance(a, np.ndarray):
+            assert a.flags.c_contiguous
+            return ctypes.c_void_p(a.ctypes.data)
+        return {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.float32: ctypes.c_float}[type(a)](a)
+
+    def get_function(self, name):
+        fn = getattr(self.lib, name)
+        fn.restype = None
+
+        def run(grid, block, args):
+            grid = tuple(grid) + (1,) * (3 - len(grid))
+            gx, gy, threads = grid[0], grid[1], block[0]
+            if not name.endswith("_partial"):      # partial sums: the grid fixes the layout, keep it
+                gx, gy, threads = min(gx, 2), min(gy, 3), min(threads, 4)
+            cargs = [self._arg(a) for a in args]
+            ids = self.ids
+            ids["gridDim"].x, ids["gridDim"].y, ids["gridDim"].z = gx, gy, 1
+            ids["blockDim"].x, ids["blockDim"].y, ids["blockDim"].z = threads, 1, 1
+            for by in range(gy):
+                for bx in range(gx):
+                    for tx in range(threads):
+                        ids["blockIdx"].x, ids["blockIdx"].y, ids["threadIdx"].x = bx, by, tx
+                        fn(*cargs)
+        return run
+
+
+@pytest.fixture(scope="module")
+def emulated_modules(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    build = tmp_path_factory.mktemp("cuda_emulation")
+    return {p.stem: EmulatedModule(p, build) for p in SOURCES}
+
+
+@pytest.fixture
+def emulated(emulated_modules, monkeypatch):
+    """The CUDA path of every layer, run on NumPy arrays with the emulated kernels."""
+    from tinyconv import optim
+    from tinyconv.kernels import optim_gpu
+    from tinyconv.layers import conv, norm, pool
+
+    def on(*arrays):
+        return all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays)
+    monkeypatch.setitem(sys.modules, "cupy", np)                  # NumPy plays CuPy
+    monkeypatch.setattr(kernels, "ENABLED", False)                # no numba kernels in the way
+    for module in (conv, pool, norm, optim, optim_gpu):
+        monkeypatch.setattr(module, "use_gpu_kernels", on)
+    monkeypatch.setattr(common_gpu, "is_gpu_array", lambda a: isinstance(a, np.ndarray))
+    emulate = lambda m, name: emulated_modules[m].get_function(name)
+    monkeypatch.setattr(common_gpu, "kernel", emulate)
+    monkeypatch.setattr(norm_gpu, "kernel", emulate)
+    monkeypatch.setattr(common_gpu, "THREADS", 4)
+    monkeypatch.setattr(norm_gpu, "THREADS", 4)
+    monkeypatch.setattr(norm_gpu, "TARGET_THREADS", 24)
+    return on
+
+
+@pytest.fixture
+def plain_path(monkeypatch):
+    """Call ``plain_path()`` inside a test to switch every kernel off: the plain-xp reference."""
+    from tinyconv import optim
+    from tinyconv.kernels import optim_gpu
+    from tinyconv.layers import conv, norm, pool
+
+    def switch():
+        for module in (conv, pool, norm, optim, optim_gpu):
+            monkeypatch.setattr(module, "use_gpu_kernels", lambda *a: False)
+    return switch
+
+
+TOL = dict(rtol=2e-5, atol=2e-6)
+
+
+def run_layer(layer, x, seed, train=True):
+    y = layer.forward(x, train)
+    dy = np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    return y, dx, {k: np.array(g, copy=True) for k, g in layer.grads.items()}
+
+
+def compare(make_layer, x, plain_path, seed=1, train=True, tol=TOL):
+    if not train:                                   # inference: forward only
+        got = make_layer().forward(x, False)
+        plain_path()
+        np.testing.assert_allclose(got, make_layer().forward(x, False), **tol, err_msg="forward")
+        return
+    got = run_layer(make_layer(), x, seed, train)
+    plain_path()
+    want = run_layer(make_layer(), x, seed, train)
+    np.testing.assert_allclose(got[0], want[0], **tol, err_msg="forward")
+    if want[1] is None:
+        assert got[1] is None
+    else:
+        np.testing.assert_allclose(got[1], want[1], **tol, err_msg="dx")
+    assert got[2].keys() == want[2].keys()
+    for k in want[2]:
+        np.testing.assert_allclose(got[2][k], want[2][k], **tol, err_msg=k)
+
+
+@pytest.mark.parametrize("C,H,W,k,stride,pad,chunk", [
+    (3, 11, 9, 3, 1, 1, None), (5, 7, 10, 3, 2, 1, None), (2, 9, 8, (3, 2), (1, 2), (2, 0), None),
+    (4, 8, 7, 3, 1, 1, 300),                    # several chunks (the dw/db accumulation)
+    (3, 6, 5, 1, 1, 0, 50),
+])
+def test_conv_emulated_matches_plain(emulated, plain_path, monkeypatch, C, H, W, k, stride, pad, chunk):
+    if chunk:
+        monkeypatch.setattr(conv_gpu, "CHUNK_ELEMENTS", chunk)
+    x = np.random.default_rng(0).standard_normal((3, C, H, W)).astype(np.float32)
+
+    def make():
+        layer = Conv2D(C, 4, k, stride=stride, padding=pad, rng=np.random.default_rng(2))
+        layer.params["b"][...] = np.arange(4, dtype=np.float32) / 7
+        return layer
+    compare(make, x, plain_path)
+
+
+def test_conv_emulated_skips_input_grad(emulated):
+    layer = Conv2D(3, 4, 3, padding=1, rng=np.random.default_rng(2))
+    layer.needs_input_grad = False
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    assert run_layer(layer, x, 1)[1] is None and layer.grads["w"].shape == (4, 3, 3, 3)
+
+
+@pytest.mark.parametrize("shape,k,stride", [((2, 3, 9, 7), 2, None), ((2, 2, 8, 6), 2, None),
+                                             ((1, 3, 9, 8), 3, 2), ((2, 2, 7, 9), (2, 3), (3, 2))])
+def test_maxpool_emulated_matches_plain(emulated, plain_path, shape, k, stride):
+    x = np.random.default_rng(3).permutation(np.prod(shape)).reshape(shape).astype(np.float32)
+    compare(lambda: MaxPool2D(k, stride), x, plain_path)
+    ties = np.zeros(shape, dtype=np.float32)                       # first maximum wins ties
+    compare(lambda: MaxPool2D(k, stride), ties + 1, plain_path)
+
+
+class BNReLU:
+    """BatchNorm2D then ReLU as one layer-like object, fused the way fuse_gpu fuses them."""
+
+    def __init__(self, C, fuse):
+        rng = np.random.default_rng(5)
+        self.bn, self.relu = BatchNorm2D(C), ReLU()
+        self.bn.params["gamma"][...] = rng.uniform(0.5, 1.5, C)
+        self.bn.params["beta"][...] = rng.uniform(-0.5, 0.5, C)
+        self.grads = self.bn.grads
+        if fuse:
+            fuse_gpu.fuse_bn_relu(type("M", (), {"layers": [self.bn, self.relu]}))
+
+    def forward(self, x, train=True):
+        return self.relu.forward(self.bn.forward(x, train), train)
+
+    def backward(self, dy):
+        return self.bn.backward(self.relu.backward(dy))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 3, 1, 1), (4, 2, 13, 11)])
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_relu_emulated_matches_plain(emulated, plain_path, shape, fuse, train):
+    x = (np.random.default_rng(6).standard_normal(shape) * 3 + 10).astype(np.float32)
+    layers = []
+
+    def make():
+        layers.append(BNReLU(shape[1], fuse))
+        return layers[-1]
+    compare(make, x, plain_path, train=train, tol=dict(rtol=1e-4, atol=2e-5))
+    got, want = layers[0].bn, layers[1].bn
+    assert got.relu_applied == fuse and not want.relu_applied
+    for k in ("running_mean", "running_var"):
+        np.testing.assert_allclose(got.buffers[k], want.buffers[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pos_weight", [None, np.array([1.0, 4.0, 0.5], dtype=np.float32)])
+def test_bce_emulated_matches_plain(emulated, pos_weight):
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal((5, 3)) * 30).astype(np.float32)    # far into both tails
+    t = (rng.random((5, 3)) > 0.5).astype(np.float32)
+    loss, dz = loss_gpu.bce_with_logits(z, t, pos_weight)
+    ref = BCEWithLogits(pos_weight)
+    np.testing.assert_allclose(loss, ref.forward_array(z, t), rtol=1e-6)
+    np.testing.assert_allclose(dz, ref.backward(), rtol=1e-6, atol=1e-9)
+
+
+def assert_states_close(got, want):
+    """Parameters after a few Adam steps. A conv bias that feeds BatchNorm has a true gradient of 0
+    (BN subtracts the channel mean), so its computed gradient is rounding noise and Adam moves it by
+    up to lr per step in a noise-given direction: those are held to |b| <= steps * lr only, and the
+    running means that follow them (which include b) to within that, times the momentum 0.1."""
+    for k, v in want.items():
+        if k.startswith("conv2d") and k.endswith(".b"):
+            assert np.abs(to_cpu(got[k])).max() <= 3.01e-3, k
+            continue
+        if k.endswith("running_mean"):
+            np.testing.assert_allclose(to_cpu(got[k]), v, rtol=1e-3, atol=6e-4, err_msg=k)
+            continue
+        # Adam divides by sqrt(v): where a gradient is near 0 rounding can flip its step (up to lr),
+        # so a handful of elements (1 in 200,000 seen) may differ by up to steps * lr.
+        a = to_cpu(got[k])
+        off = ~np.isclose(a, v, rtol=1e-3, atol=1e-5)
+        assert off.mean() <= 1e-4 and np.abs(a - v)[off].max(initial=0) <= 3.01e-3, k
+
+
+def _train_steps(model, x, t, steps=3):
+    loss, opt = BCEWithLogits(), Adam(model.parameters())
+    values = []
+    for _ in range(steps):
+        values.append(float(loss.forward(model.forward(x), t)))
+        model.backward(loss.backward())
+        opt.step()
+    return values, model.state_dict(), opt
+
+
+def test_training_steps_emulated_match_plain(emulated, plain_path):
+    """The whole CUDA path (fused BN+ReLU, flat Adam) for 3 steps of the default model."""
+    rng = np.random.default_rng(8)
+    x = rng.random((2, 3, 54, 44), dtype=np.float32)
+    t = (rng.random((2, 3)) > 0.5).astype(np.float32)
+    model = seed_cnn(input_shape=(3, 54, 44), seed=5)
+    assert fuse_gpu.fuse_bn_relu(model) == 5
+    got_loss, got_state, opt = _train_steps(model, x, t)
+    assert hasattr(opt, "_gpu_flat") and opt._gpu_flat.n == model.num_params()
+    assert model.layers[0].params["w"].base is opt._gpu_flat.p          # params are views
+    plain_path()
+    want_loss, want_state, opt = _train_steps(seed_cnn(input_shape=(3, 54, 44), seed=5), x, t)
+    assert not hasattr(opt, "_gpu_flat")
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    assert_states_close(got_state, want_state)
+
+
+def test_flat_adam_rebuilds_after_arrays_are_replaced(emulated):
+    layer = Conv2D(2, 3, 3, rng=np.random.default_rng(0))
+    opt = Adam([(layer.params, layer.grads)])
+    for k, p in layer.params.items():
+        layer.grads[k] = np.ones_like(p)
+    opt.step()
+    first = opt._gpu_flat
+    layer.params["w"] = layer.params["w"].copy()                 # as model.to / astype would
+    opt.step()
+    assert opt._gpu_flat is not first and layer.params["w"].base is opt._gpu_flat.p
+
+
+# -- 3. on a GPU -----------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+
+
+@pytest.fixture
+def cupy_plain(monkeypatch):
+    def switch():
+        monkeypatch.setattr(common_gpu, "ENABLED", False)
+    return switch
+
+
+def _gpu_compare(make_layer, x_np, cupy_plain, train=True, tol=TOL, seed=1):
+    import cupy
+    def run():
+        layer = make_layer()
+        for d in (layer.params, layer.buffers) if hasattr(layer, "params") else ():
+            for k in d:
+                d[k] = cupy.asarray(d[k])
+        y = layer.forward(cupy.asarray(x_np), train)
+        y_np = to_cpu(y)                            # poison check: NaN never passes
+        if not train:
+            return y_np, None, {}
+        dy = cupy.asarray(np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32))
+        dx = layer.backward(dy)
+        return y_np, None if dx is None else to_cpu(dx), {k: to_cpu(g) for k, g in layer.grads.items()}
+    got = run()
+    cupy_plain()
+    want = run()
+    for a, b, what in ((got[0], want[0], "forward"), (got[1], want[1], "dx")):
+        if b is not None:
+            assert np.isfinite(a).all(), what
+            np.testing.assert_allclose(a, b, **tol, err_msg=what)
+    for k in want[2]:
+        np.testing.assert_allclose(got[2][k], want[2][k], **tol, err_msg=k)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("C,H,W,k,stride,pad", [(3, 37, 29, 3, 1, 1), (32, 27, 22, 3, 1, 1),
+                                                 (5, 17, 23, 3, 2, 1), (7, 13, 11, (3, 2), (1, 2), (2, 0))])
+def test_conv_gpu_matches_plain(cupy_plain, C, H, W, k, stride, pad):
+    x = np.random.default_rng(0).standard_normal((5, C, H, W)).astype(np.float32)
+    make = lambda: Conv2D(C, 19, k, stride=stride, padding=pad, rng=np.random.default_rng(2))
+    _gpu_compare(make, x, cupy_plain, tol=dict(rtol=1e-4, atol=1e-4))
+
+
+@gpu
+@pytest.mark.gpu
+def test_conv_gpu_chunks_match_plain(cupy_plain, monkeypatch):
+    monkeypatch.setattr(conv_gpu, "CHUNK_ELEMENTS", 5000)
+    x = np.random.default_rng(0).standard_normal((7, 4, 13, 11)).astype(np.float32)
+    _gpu_compare(lambda: Conv2D(4, 6, 3, padding=1, rng=np.random.default_rng(2)), x, cupy_plain,
+                 tol=dict(rtol=1e-4, atol=1e-4))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,k,stride", [((5, 7, 37, 29), 2, None), ((3, 4, 9, 8), 3, 2)])
+def test_maxpool_gpu_matches_plain(cupy_plain, shape, k, stride):
+    x = np.random.default_rng(3).permutation(np.prod(shape)).reshape(shape).astype(np.float32)
+    _gpu_compare(lambda: MaxPool2D(k, stride), x, cupy_plain)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_relu_gpu_matches_plain(cupy_plain, fuse, train):
+    import cupy
+    x = (np.random.default_rng(6).standard_normal((9, 13, 37, 29)) * 3 + 10).astype(np.float32)
+
+    class Pair(BNReLU):
+        def __init__(self):
+            super().__init__(13, fuse)
+            self.params, self.buffers = self.bn.params, self.bn.buffers
+    _gpu_compare(Pair, x, cupy_plain, train=train, tol=dict(rtol=1e-3, atol=1e-4))
+
+
+@gpu
+@pytest.mark.gpu
+def test_bce_gpu_matches_plain():
+    import cupy
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal((257, 3)) * 30).astype(np.float32)
+    t = (rng.random((257, 3)) > 0.5).astype(np.float32)
+    loss, dz = loss_gpu.bce_with_logits(cupy.asarray(z), cupy.asarray(t))
+    ref = BCEWithLogits()
+    np.testing.assert_allclose(float(loss), ref.forward_array(z, t), rtol=1e-5)
+    np.testing.assert_allclose(to_cpu(dz), ref.backward(), rtol=1e-5, atol=1e-9)
+
+
+@gpu
+@pytest.mark.gpu
+def test_training_steps_gpu_kernels_match_cpu():
+    """3 steps of the default model (fused BN+ReLU, flat Adam) on the GPU against the CPU."""
+    from tinyconv.backend import to_device
+    rng = np.random.default_rng(8)
+    x = rng.random((6, 3, 54, 44), dtype=np.float32)
+    t = (rng.random((6, 3)) > 0.5).astype(np.float32)
+    results = {}
+    for device in ("cpu", "gpu"):
+        model = seed_cnn(input_shape=(3, 54, 44), seed=5).to(device)
+        fuse_gpu.fuse_bn_relu(model)
+        results[device] = _train_steps(model, to_device(x, device), to_device(t, device))
+    assert hasattr(results["gpu"][2], "_gpu_flat")
+    np.testing.assert_allclose(results["gpu"][0], results["cpu"][0], rtol=1e-4)
+    assert_states_close(results["gpu"][1], results["cpu"][1])
+
+
+@gpu
+@pytest.mark.gpu
+def test_tf32_switch_round_trips():
+    common_gpu.set_tf32(True)
+    try:
+        assert common_gpu.tf32_enabled()
+    finally:
+        common_gpu.set_tf32(False)
+    assert not common_gpu.tf32_enabled()
