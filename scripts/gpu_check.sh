@@ -29,14 +29,14 @@ try:
 except ImportError: print(\"torch: not installed\")"'
 cat "$LOG/env.log"
 
-part tests 240 python -m pytest -q -rfEs tests/test_kernels_gpu.py tests/test_forward.py tests/test_model.py \
+part tests 200 python -m pytest -q -rfEs tests/test_kernels_gpu.py tests/test_forward.py tests/test_model.py \
     tests/test_optim.py -k "gpu or cuda"
 tail -n 25 "$LOG/tests.log"
 
 TF32_FLAG=""
 [ "${TF32:-0}" = "1" ] && TF32_FLAG="--tf32"
 # shellcheck disable=SC2086
-part bench 300 python benchmarks/gpu_train.py --steps "$STEPS" --warmup 3 --batches $BATCHES \
+part bench 270 python benchmarks/gpu_train.py --steps "$STEPS" --warmup 3 --batches $BATCHES \
     --layer-steps 5 $TF32_FLAG --out "$LOG/bench.md"
 tail -n 45 "$LOG/bench.log"
 echo "=== done: status $status, logs in $LOG"
