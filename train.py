@@ -73,6 +73,8 @@ def parser():
                    help="split larger batches into micro-batches that accumulate gradients")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--resident", action="store_true", help="keep the training images in (GPU) memory")
+    p.add_argument("--tf32", action="store_true",
+                   help="GPU: let cuBLAS use TF32 tensor cores for float32 GEMMs (off by default)")
     p.add_argument("--synthetic-count", type=int, default=None, help="size of the built-in synthetic set")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<time>-<schedule>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -94,10 +96,11 @@ def main(argv=None):
             momentum=args.momentum, init=args.init, width=args.width, dropout=args.dropout,
             pos_weight=args.pos_weight, seed=args.seed, max_micro_batch=args.max_micro_batch,
             eval_batch_size=args.eval_batch_size, resident=args.resident,
-            synthetic_count=args.synthetic_count, progress=not args.no_progress)
+            synthetic_count=args.synthetic_count, tf32=args.tf32, progress=not args.no_progress)
         if args.device == "gpu":
             from tinyconv.backend import require_gpu
             require_gpu()
+
     except Exception as exc:      # bad settings or no GPU: one clear line, no traceback
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2

@@ -23,19 +23,33 @@ class BCEWithLogits:
     def __init__(self, pos_weight=None):
         self.pos_weight = pos_weight
         self.cache = None
+        self._pos_weight_on = {}   # pos_weight copied to each device once, not every step
+
+    def _weight(self, xp, dtype):
+        key = (xp.__name__, str(dtype))
+        if key not in self._pos_weight_on:
+            self._pos_weight_on[key] = xp.asarray(self.pos_weight, dtype=dtype)
+        return self._pos_weight_on[key]
 
     def forward_array(self, logits, targets):
         """The loss as a 0-d array on the logits' device (no host sync: the GPU loop uses this)."""
         xp = get_array_module(logits)
         if logits.shape != targets.shape:
             raise ValueError(f"logits {logits.shape} and targets {targets.shape} differ in shape")
+        from .kernels.common_gpu import use_gpu_kernels
+        if use_gpu_kernels(logits):      # one CUDA pass for the loss terms and the gradient
+            from .kernels import loss_gpu
+            w = None if self.pos_weight is None else self._weight(xp, logits.dtype)
+            loss, dz = loss_gpu.bce_with_logits(logits, targets, w)
+            self.cache = ("gpu", dz)
+            return loss
         z, t = logits, targets.astype(logits.dtype)
         softplus_neg = xp.log1p(xp.exp(-xp.abs(z))) + xp.maximum(-z, 0)   # = -log(sigmoid(z))
         if self.pos_weight is None:
             weight = None
             elementwise = (1 - t) * z + softplus_neg
         else:
-            w = xp.asarray(self.pos_weight, dtype=z.dtype)
+            w = self._weight(xp, z.dtype)
             weight = 1 + (w - 1) * t
             elementwise = (1 - t) * z + weight * softplus_neg
         self.cache = (z, t, weight)
@@ -50,11 +64,13 @@ class BCEWithLogits:
     def backward(self):
         if self.cache is None:
             raise RuntimeError("BCEWithLogits.backward called without a forward before it")
+        if isinstance(self.cache[0], str):   # ("gpu", dz): the CUDA pass computed it with the loss
+            return self.cache[1]
         z, t, weight = self.cache
         p = sigmoid(z)
         if weight is None:
             dz = p - t
         else:
-            w = get_array_module(z).asarray(self.pos_weight, dtype=z.dtype)
+            w = self._weight(get_array_module(z), z.dtype)
             dz = p * weight - w * t
         return dz / z.size

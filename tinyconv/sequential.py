@@ -21,6 +21,10 @@ class Sequential:
             n = seen.get(base, 0)
             seen[base] = n + 1
             layer.name = base if n == 0 else f"{base}_{n}"
+        # On the GPU a BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel;
+        # both layers stay in the list and compute the same thing on every other path.
+        from .kernels.fuse_gpu import fuse_bn_relu
+        fuse_bn_relu(self)
 
     def forward(self, x, train=True):
         for layer in self.layers:

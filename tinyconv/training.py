@@ -76,6 +76,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     resident: bool = False                     # keep the training images in (GPU) memory
     synthetic_count: int = None                # size of the built-in set (None: its default)
+    tf32: bool = False                         # GPU: cuBLAS float32 GEMMs on TF32 tensor cores
     progress: bool = True
 
     def __post_init__(self):
@@ -95,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.max_batch_size < self.batch_size:
             raise ValueError(f"max_batch_size ({self.max_batch_size}) is below batch_size ({self.batch_size})")
+        if self.tf32 and self.device != "gpu":
+            raise ValueError("tf32 applies to device 'gpu' only")
         if self.max_micro_batch is not None and self.max_micro_batch < 1:
             raise ValueError(f"max_micro_batch must be at least 1, got {self.max_micro_batch}")
 
@@ -256,6 +259,9 @@ class Run:
     def __init__(self, cfg, run_dir, ds, model=None):
         self.cfg, self.dir, self.ds = cfg, Path(run_dir), ds
         self.xp = xp_for(cfg.device)
+        if cfg.device == "gpu":
+            from .kernels.common_gpu import set_tf32
+            set_tf32(cfg.tf32)
         self.model = model if model is not None else seed_cnn(
             num_outputs=len(ds.attributes), input_shape=(3,) + tuple(ds.image_size), width=cfg.width,
             dropout=cfg.dropout, init=cfg.init, seed=cfg.seed)
