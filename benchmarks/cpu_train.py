@@ -265,8 +265,9 @@ def main(argv=None):
     except ImportError:
         blas = "?"
     import numba
-    print(f"tinyconv {tinyconv.__version__}, NumPy {np.__version__} [{blas}], numba {numba.__version__} "
-          f"({numba.config.NUMBA_NUM_THREADS} threads)"
+    from tinyconv.kernels import threads
+    print(f"tinyconv {tinyconv.__version__} ({threads.get_num_threads()} kernel threads), NumPy {np.__version__} "
+          f"[{blas}], numba {numba.__version__}"
           + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch: not used"))
     print(f"{os.cpu_count()} CPUs; batch {args.batch}, fp32, forward + BCE + backward + Adam; "
           f"{args.repeats} interleaved repetitions, median\n")

@@ -259,3 +259,25 @@ def test_run_parts_propagates_errors_and_runs_every_part():
             pool.run_parts(fail, 2)
     finally:
         pool.set_num_threads(before)
+
+
+def test_threads_do_not_change_results_with_threaded_blas_sizes():
+    """GEMMs large enough for OpenBLAS to thread: the pool holds the BLAS to one thread even when
+    it has one thread itself, so 1 and 2 threads still agree bit for bit."""
+    from tinyconv.kernels import threads as pool
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((8, 16, 32, 32)).astype(np.float32)
+    before = pool.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            pool.set_num_threads(n)
+            layer = Conv2D(16, 32, 3, padding=1, rng=np.random.default_rng(1))
+            results.append(run_layer(layer, x, 13))
+    finally:
+        pool.set_num_threads(before)
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(dx1, dx2)
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])

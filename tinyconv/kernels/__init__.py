@@ -6,12 +6,13 @@ kernels will sit here too, as ``*_gpu.py``).
 
 Set ``TINYCONV_NO_NUMBA=1`` to run the plain NumPy path on the CPU as well (for comparisons).
 
-Threads: the kernels are serial (one core each); the GEMMs use the BLAS NumPy ships with, and its
-threads. Measured on 2 cores (batch 32, training step): the same kernels with numba's
-``parallel=True`` were 10-15% slower overall (54x44: 117 against 103 ms; 109x89: 425 against
-378 ms), as numba's worker threads and OpenBLAS's (which spin a while after each call) took turns
-on the same two cores; with numba's default OpenMP layer, whose threads spin too, small steps
-were 5-10x slower. Serial kernels also compile faster and are safe to call from several threads.
+Threads (``threads.py``): each layer cuts its work into parts (chunks of images for the convolution,
+images or channels for BatchNorm and max-pool, element ranges for ReLU and Adam) and runs them on a
+small persistent pool, one part per core, with the kernels compiled ``nogil=True`` and the BLAS held
+to one thread inside (so numba's and OpenBLAS's threads never take turns on the same cores, as they
+did with ``parallel=True``). The part boundaries never depend on the number of threads, so results
+are bit-identical for any thread count. ``TINYCONV_NUM_THREADS`` or ``threads.set_num_threads``
+choose it (default: the cores this process may use).
 """
 import os
 

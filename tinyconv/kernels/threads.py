@@ -10,11 +10,14 @@ which spin a while after each call, never compete with the pool's.
 
 Results do not depend on the number of threads: layers split their work into parts whose
 boundaries do not depend on it (images, channels or element ranges written by one part only; the
-convolution's dw and db as one partial sum per chunk of images, added in chunk order by the caller).
+convolution's dw and db as one partial sum per chunk of images, added in chunk order by the caller),
+and the GEMMs inside run on one BLAS thread even when the pool has one thread (OpenBLAS's threaded
+GEMMs round differently). This holds when one Python thread at a time trains; a second thread that
+calls in while the pool is busy runs its parts serially.
 
 The number of threads is the number of cores this process may use (``os.sched_getaffinity``),
 or ``TINYCONV_NUM_THREADS``, or :func:`set_num_threads`. Without threadpoolctl it is 1 (the
-kernels then run serially and only the GEMMs use the BLAS's threads).
+kernels then run serially and the GEMMs use the BLAS's threads).
 """
 import os
 import threading
@@ -57,7 +60,7 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads from now on (1: serial kernels, the GEMMs keep the BLAS's own threads)."""
+    """Use ``n`` threads from now on (1: everything on the calling thread)."""
     global _num_threads
     _num_threads = max(1, int(n))
 
@@ -111,39 +114,50 @@ _busy = threading.Lock()        # one run_parts at a time; a concurrent caller r
 
 
 def run_parts(fn, parts):
-    """Call fn(i) for i in range(parts), concurrently; part 0 on this thread. Exceptions propagate."""
-    threads = min(get_num_threads(), parts)
-    if threads <= 1 or getattr(_local, "inside", False) or not _busy.acquire(blocking=False):
-        for i in range(parts):
+    """Call fn(i) for i in range(parts), concurrently; part 0 on this thread. Exceptions propagate.
+
+    The BLAS is held to one thread throughout, with one thread here too, so that every GEMM runs
+    single-threaded whatever the thread count (OpenBLAS's multi-threaded GEMMs round differently).
+    """
+    if getattr(_local, "inside", False) or not _busy.acquire(blocking=False):
+        for i in range(parts):      # a helper, or another thread is using the pool: run serially
             fn(i)
         return
     try:
-        while len(_helpers) < threads - 1:
-            _helpers.append(_Helper())
         blas = _blas_controllers()
         saved = [c.get_num_threads() for c in blas]
         for c in blas:
             c.set_num_threads(1)
         try:
-            used = _helpers[:threads - 1]
-            for t, h in enumerate(used, start=1):
-                h.error = None
-                h.work = (fn, range(t, parts, threads))
-                h.start.release()
-            error = None
-            try:
-                for i in range(0, parts, threads):
-                    fn(i)
-            except BaseException as e:
-                error = e
-            for h in used:              # wait for all before raising: no part outlives the call
-                h.done.acquire()
-                error = error or h.error
-                h.error = None
-            if error is not None:
-                raise error
+            _run(fn, parts, min(get_num_threads(), parts))
         finally:
             for c, n in zip(blas, saved):
                 c.set_num_threads(n)
     finally:
         _busy.release()
+
+
+def _run(fn, parts, threads):
+    if threads <= 1:
+        for i in range(parts):
+            fn(i)
+        return
+    while len(_helpers) < threads - 1:
+        _helpers.append(_Helper())
+    used = _helpers[:threads - 1]
+    for t, h in enumerate(used, start=1):
+        h.error = None
+        h.work = (fn, range(t, parts, threads))
+        h.start.release()
+    error = None
+    try:
+        for i in range(0, parts, threads):
+            fn(i)
+    except BaseException as e:
+        error = e
+    for h in used:                  # wait for all before raising: no part outlives the call
+        h.done.acquire()
+        error = error or h.error
+        h.error = None
+    if error is not None:
+        raise error
