@@ -9,6 +9,7 @@ import pytest
 
 from tinyconv import Adam, BatchNorm2D, Conv2D, MaxPool2D, ReLU
 from tinyconv import kernels
+from tinyconv.kernels import fuse_gpu
 from tinyconv.layers import conv_out_size, im2col
 from tinyconv.layers import conv as conv_module
 
@@ -162,6 +163,42 @@ def test_batchnorm_kernels_match_plain(plain, dtype, shape, offset):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 5, 1, 1), (3, 4, 9, 7)])
+def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
+    """The fusion marks on the numba path: BatchNorm2D applies the ReLU (relu_applied), the ReLU
+    passes through, and backward masks dy by y > 0 recomputed from x. Bit for bit the unfused
+    kernels (the same expressions), and the plain path within tolerance."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(shape) + 0.3).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
+    dy = rng.standard_normal(shape).astype(dtype)
+
+    def run(fuse):
+        bn, relu = BatchNorm2D(shape[1]).astype(dtype), ReLU()
+        bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
+        if fuse:
+            fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu]}))
+        y = relu.forward(bn.forward(x, True), True)
+        applied = bn.relu_applied
+        dx = bn.backward(relu.backward(dy))
+        return applied, [y, dx, bn.grads["gamma"], bn.grads["beta"]]
+
+    applied, fused = run(True)
+    assert applied                                      # the numba path applied the ReLU
+    assert (fused[0] == 0).any() and (fused[0] > 0).any()
+    applied, unfused = run(False)
+    assert not applied
+    for a, b in zip(fused, unfused):
+        np.testing.assert_array_equal(a, b)
+    with plain():
+        applied, ref = run(True)
+    assert not applied                                  # the plain path leaves it to the ReLU
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    for a, b in zip(fused, ref):
+        np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1, np.abs(b).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_kernel_matches_plain(plain, dtype):
     rng = np.random.default_rng(9)
     shapes = {"w": (4, 3, 3, 3), "b": (4,)}
@@ -205,8 +242,9 @@ def test_kernels_skip_cupy_like_and_odd_dtypes():
     assert not kernels.use_cpu_kernels([1.0, 2.0])
 
 
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_threads_do_not_change_results(monkeypatch, threads):
+def test_threads_do_not_change_results(monkeypatch, threads, fuse):
     """The layers split their work into parts whose bounds do not depend on the thread count: one
     thread and several give bit-identical outputs and gradients (conv's chunked dw/db included)."""
     from tinyconv.kernels import threads as pool
@@ -218,6 +256,8 @@ def test_threads_do_not_change_results(monkeypatch, threads):
     def run():
         layers = [Conv2D(3, 5, 3, padding=1, rng=np.random.default_rng(1)), BatchNorm2D(5), ReLU(),
                   MaxPool2D(2)]
+        if fuse:                                                 # BatchNorm2D applies the ReLU
+            fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": layers}))
         params = layers[0].params
         opt = Adam([(params, layers[0].grads)], lr=1e-2)
         out = []

@@ -10,6 +10,12 @@ The two reduction kernels allow LLVM to reassociate (``fastmath={"reassoc"}``) s
 vectorise the float64 sums (without it a sum is one serial chain of additions: 2.5x slower here).
 Reordering a float64 sum of M terms moves it by at most about M * 1.1e-16 relative, far below
 float32 rounding (6e-8) for any batch that fits in memory; no other fast-math flag is used.
+
+Fused ReLU (``relu`` set: the layer's ``fuse_relu``, see kernels/fuse_gpu.py): the forward writes
+max(y, 0), and the backward masks dy by y > 0, with y recomputed from x by ``_bn_out``, the very
+expression the forward used (compiled without fast-math even when inlined into a fast-math kernel:
+LLVM's flags are per instruction), so the mask is bit for bit the ReLU's x > 0 and nothing the size
+of x is cached for it.
 """
 import numba
 import numpy as np
@@ -39,9 +45,16 @@ def channel_mean_var(x, mean, var, c0, c1):
         var[c] = max(s2 / M - m1 * m1, 0.0)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bn_out(v, mu, s, g, b):
+    """One output of the normalisation, before the ReLU (the same expression forward and backward)."""
+    return g * ((v - mu) * s) + b
+
+
 @numba.njit(cache=True, nogil=True)
-def normalize(x, mean, inv_std, gamma, beta, y):
-    """y = gamma * ((x - mean) * inv_std) + beta per channel (mean, inv_std in x's dtype)."""
+def normalize(x, mean, inv_std, gamma, beta, relu, y):
+    """y = gamma * ((x - mean) * inv_std) + beta per channel (mean, inv_std in x's dtype); then
+    max(y, 0) when ``relu`` (as ReLU writes it: y if y > 0 else 0)."""
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
     src = x.reshape(N * C, HW)
@@ -49,41 +62,63 @@ def normalize(x, mean, inv_std, gamma, beta, y):
     for task in range(N * C):
         c = task % C
         mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
-        for k in range(HW):
-            dst[task, k] = g * ((src[task, k] - mu) * s) + b
+        if relu:
+            for k in range(HW):
+                v = _bn_out(src[task, k], mu, s, g, b)
+                dst[task, k] = v if v > 0 else 0
+        else:
+            for k in range(HW):
+                dst[task, k] = _bn_out(src[task, k], mu, s, g, b)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def backward_sums(x, dy, mean, inv_std, dbeta, dgamma, c0, c1):
-    """For c in c0 .. c1-1: dbeta[c] = sum dy;  dgamma[c] = sum dy * xhat, xhat = (x - mean) * inv_std
-    (float64 sums)."""
+def backward_sums(x, dy, mean, inv_std, gamma, beta, relu, dbeta, dgamma, c0, c1):
+    """For c in c0 .. c1-1: dbeta[c] = sum g;  dgamma[c] = sum g * xhat, xhat = (x - mean) * inv_std
+    (float64 sums), g = dy, or with ``relu`` dy where y > 0 and 0 elsewhere."""
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
     x3 = x.reshape(N, C, HW)
     dy3 = dy.reshape(N, C, HW)
     for c in range(c0, c1):
-        mu, s = mean[c], inv_std[c]
+        mu, s, ga, be = mean[c], inv_std[c], gamma[c], beta[c]
         sb = 0.0
         sg = 0.0
-        for n in range(N):
-            for k in range(HW):
-                d = dy3[n, c, k]
-                sb += d
-                sg += np.float64(d) * np.float64((x3[n, c, k] - mu) * s)
+        if relu:
+            for n in range(N):
+                for k in range(HW):
+                    v = x3[n, c, k]
+                    d = dy3[n, c, k] if _bn_out(v, mu, s, ga, be) > 0 else dy3.dtype.type(0)
+                    sb += d
+                    sg += np.float64(d) * np.float64((v - mu) * s)
+        else:
+            for n in range(N):
+                for k in range(HW):
+                    d = dy3[n, c, k]
+                    sb += d
+                    sg += np.float64(d) * np.float64((x3[n, c, k] - mu) * s)
         dbeta[c] = sb
         dgamma[c] = sg
 
 
 @numba.njit(cache=True, nogil=True)
-def backward_dx(x, dy, mean, inv_std, scale, dbeta, dgamma, M, dx):
-    """dx = scale / M * (M * dy - dbeta - xhat * dgamma), scale = gamma * inv_std (all per channel)."""
+def backward_dx(x, dy, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M, dx):
+    """dx = scale / M * (M * g - dbeta - xhat * dgamma), scale = gamma * inv_std (all per channel),
+    g = dy, or with ``relu`` dy masked by y > 0 (as in backward_sums)."""
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
     xs = x.reshape(N * C, HW)
     ds = dy.reshape(N * C, HW)
     dst = dx.reshape(N * C, HW)
+    zero = ds.dtype.type(0)
     for task in range(N * C):
         c = task % C
         mu, s, a, db, dg = mean[c], inv_std[c], scale[c] / M, dbeta[c], dgamma[c]
-        for k in range(HW):
-            dst[task, k] = a * (M * ds[task, k] - db - (xs[task, k] - mu) * s * dg)
+        if relu:
+            ga, be = gamma[c], beta[c]
+            for k in range(HW):
+                v = xs[task, k]
+                d = ds[task, k] if _bn_out(v, mu, s, ga, be) > 0 else zero
+                dst[task, k] = a * (M * d - db - (v - mu) * s * dg)
+        else:
+            for k in range(HW):
+                dst[task, k] = a * (M * ds[task, k] - db - (xs[task, k] - mu) * s * dg)

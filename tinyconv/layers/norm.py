@@ -22,13 +22,15 @@ class BatchNorm2D(Layer):
     the variance (see docs/walkthroughs).
 
     On NumPy arrays training mode runs numba kernels (tinyconv/kernels/norm_cpu.py): statistics
-    with float64 sums in one pass, y in a second; x, mean and inv_std are cached instead of xhat,
-    and backward recomputes xhat on the fly (two passes, no temporaries the size of x). The threads
+    with float64 sums in one pass, y in a second (with a following ReLU applied, when fused); x,
+    mean and inv_std are cached instead of xhat, and backward recomputes xhat (and y, for the
+    ReLU's mask) on the fly (two passes, no temporaries the size of x). The threads
     split the statistics by channel and the elementwise passes by image (kernels/threads.py).
     """
 
-    # Set by kernels/fuse_gpu.py when a ReLU follows: the CUDA path then applies max(y, 0) itself
-    # and says so in relu_applied (reset at every forward), and that ReLU passes values through.
+    # Set by kernels/fuse_gpu.py when a ReLU follows: the CUDA path and the numba training path then
+    # apply max(y, 0) themselves and say so in relu_applied (reset at every forward), and that ReLU
+    # passes values through; backward masks dy by y > 0.
     fuse_relu = False
     relu_applied = False
 
@@ -79,11 +81,15 @@ class BatchNorm2D(Layer):
             y = np.empty_like(x)
             parts = parts_for(x.shape[0], x.size)
 
+            relu = bool(self.fuse_relu)             # apply the following ReLU here (one pass less)
+
             def normalize(i):
                 a, b = split(x.shape[0], parts, i)
-                norm_cpu.normalize(x[a:b], mean, inv_std, gamma, beta, y[a:b])
+                norm_cpu.normalize(x[a:b], mean, inv_std, gamma, beta, relu, y[a:b])
             run_parts(normalize, parts)
-            self.cache = ("x", x, mean, inv_std)
+            self.relu_applied = relu
+            # gamma, beta as they were here: the backward recomputes y for the ReLU's mask
+            self.cache = ("x", x, mean, inv_std, (gamma.copy(), beta.copy()) if relu else None)
             return y
         xhat = (x - mean.astype(x.dtype)[:, None, None]) * inv_std[:, None, None]
         self.cache = (xhat, inv_std, train)
@@ -95,7 +101,7 @@ class BatchNorm2D(Layer):
         if isinstance(self.cache[0], str) and self.cache[0] == "gpu":
             from ..kernels import norm_gpu
             return norm_gpu.backward(self, dy)
-        if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std): the NumPy path
+        if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std, fused): the NumPy path
             return self._backward_cpu(dy)
         xhat, inv_std, train = self.cache
         gamma = self.params["gamma"]
@@ -109,23 +115,27 @@ class BatchNorm2D(Layer):
 
     def _backward_cpu(self, dy):
         from ..kernels import norm_cpu
-        _, x, mean, inv_std = self.cache
+        _, x, mean, inv_std, fused = self.cache         # fused: forward's (gamma, beta), or None
+        gamma = self.params["gamma"]
+        relu = fused is not None
+        gb = fused if relu else (gamma, self.params["beta"])     # what y > 0 is recomputed with
         dy = np.ascontiguousarray(dy, dtype=x.dtype)
         dbeta = np.empty(self.channels, dtype=np.float64)
         dgamma = np.empty(self.channels, dtype=np.float64)
         parts = parts_for(self.channels, x.size)
-        run_parts(lambda i: norm_cpu.backward_sums(x, dy, mean, inv_std, dbeta, dgamma,
+        run_parts(lambda i: norm_cpu.backward_sums(x, dy, mean, inv_std, *gb, relu, dbeta, dgamma,
                                                    *split(self.channels, parts, i)), parts)
         self.grads["beta"] = dbeta = dbeta.astype(x.dtype)
         self.grads["gamma"] = dgamma = dgamma.astype(x.dtype)
-        scale = self.params["gamma"] * inv_std
+        scale = gamma * inv_std
         m = x.dtype.type(dy.size // self.channels)
         dx = np.empty_like(dy)
         parts = parts_for(x.shape[0], x.size)
 
         def backward_dx(i):
             a, b = split(x.shape[0], parts, i)
-            norm_cpu.backward_dx(x[a:b], dy[a:b], mean, inv_std, scale, dbeta, dgamma, m, dx[a:b])
+            norm_cpu.backward_dx(x[a:b], dy[a:b], mean, inv_std, *gb, relu, scale, dbeta, dgamma,
+                                 m, dx[a:b])
         run_parts(backward_dx, parts)
         return dx
 
