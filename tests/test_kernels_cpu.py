@@ -52,7 +52,9 @@ def assert_same(a, b, dtype):
     ((5, 3, 11, 13), 7, (1, 3), (1, 2), (0, 2)),
     ((4, 6, 4, 3), 3, 2, 3, 1),
 ])
-def test_conv2d_kernels_match_plain(plain, dtype, shape, c_out, k, stride, pad):
+@pytest.mark.parametrize("one_image_max_k", [0, 64])   # multi-image chunks; one image each for small K
+def test_conv2d_kernels_match_plain(plain, monkeypatch, dtype, shape, c_out, k, stride, pad, one_image_max_k):
+    monkeypatch.setattr(conv_module, "ONE_IMAGE_MAX_K", one_image_max_k)
     rng = np.random.default_rng(sum(shape))
     layer = Conv2D(shape[1], c_out, k, stride=stride, padding=pad, rng=rng).astype(dtype)
     layer.params["b"][:] = rng.standard_normal(c_out)
@@ -70,6 +72,7 @@ def test_conv2d_kernels_match_plain(plain, dtype, shape, c_out, k, stride, pad):
 def test_conv2d_chunking_does_not_change_results(plain, monkeypatch, chunk):
     """Chunks of 1 image, of a few images with a ragged last chunk, and of the whole batch."""
     monkeypatch.setattr(conv_module, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(conv_module, "ONE_IMAGE_MAX_K", 0)      # K = 27 would take one image each
     rng = np.random.default_rng(5)
     layer = Conv2D(3, 4, 3, padding=1, rng=rng).astype(np.float64)
     x = rng.standard_normal((7, 3, 5, 4))
@@ -242,14 +245,16 @@ def test_kernels_skip_cupy_like_and_odd_dtypes():
     assert not kernels.use_cpu_kernels([1.0, 2.0])
 
 
+@pytest.mark.parametrize("one_image_max_k", [0, 64])          # conv chunks of several images / one each
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_threads_do_not_change_results(monkeypatch, threads, fuse):
+def test_threads_do_not_change_results(monkeypatch, threads, fuse, one_image_max_k):
     """The layers split their work into parts whose bounds do not depend on the thread count: one
     thread and several give bit-identical outputs and gradients (conv's chunked dw/db included)."""
     from tinyconv.kernels import threads as pool
     monkeypatch.setattr(pool, "MIN_PARALLEL_ELEMENTS", 0)        # split even these small arrays
     monkeypatch.setattr(conv_module, "CHUNK_ELEMENTS", 500)      # several chunks per thread
+    monkeypatch.setattr(conv_module, "ONE_IMAGE_MAX_K", one_image_max_k)
     rng = np.random.default_rng(10)
     x = rng.standard_normal((9, 3, 11, 10)).astype(np.float32)
 

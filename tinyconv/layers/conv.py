@@ -29,6 +29,10 @@ CHUNK_ELEMENTS = 1 << 20
 # The number of chunks is rounded up to a multiple of this (at most N), so that 1, 2 or 4 threads
 # get equal shares of the batch.
 CHUNK_MULTIPLE = 4
+# Layers with at most this many rows in the column matrix (C_in*kh*kw: the first layer's 27) work
+# one image per chunk: their GEMMs are memory-bound, and one image's GEMM writes y[n] in NCHW
+# directly (backward reads dy[n] in place), skipping the two layout passes of a multi-image chunk.
+ONE_IMAGE_MAX_K = 64
 
 
 def im2col(x, kh, kw, stride=(1, 1), pad=(0, 0)):
@@ -141,14 +145,17 @@ class Conv2D(Layer):
     # -- NumPy path: numba im2col/col2im per chunk of images, one GEMM per chunk, chunks over threads --
     def _chunks(self, x_shape):
         """Geometry, K, P and the chunk bounds: nc chunks of near-equal image counts, nc a multiple
-        of CHUNK_MULTIPLE (at most N) so that the threads get equal shares; the bounds never
-        depend on the number of threads, so neither do the results."""
+        of CHUNK_MULTIPLE (at most N) so that the threads get equal shares, or one image each for
+        K <= ONE_IMAGE_MAX_K; the bounds never depend on the number of threads, so neither do the
+        results."""
         N, C, H, W = x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         out_h, out_w = conv_out_size(H, kh, sh, ph), conv_out_size(W, kw, sw, pw)
         K, P = C * kh * kw, out_h * out_w
         nc = -(-N * K * P // CHUNK_ELEMENTS)
         nc = min(N, -(-nc // CHUNK_MULTIPLE) * CHUNK_MULTIPLE)
+        if K <= ONE_IMAGE_MAX_K:
+            nc = N
         bounds = [i * N // nc for i in range(nc + 1)] if nc else [0]
         return (kh, kw, sh, sw, ph, pw, out_h, out_w), K, P, bounds
 
