@@ -643,36 +643,6 @@ def open_data(cfg):
                         cache_dir=cfg.cache_dir, progress=cfg.progress, **kw)
 
 
-def evaluate_checkpoint(path, ds, device="cpu", batch_size=256, splits=("train", "validation", "test")):
-    """{split: (loss, per-attribute accuracy)} for the weights in a checkpoint."""
-    state = load_checkpoint(path)
-    model = build_model(state["meta"]["model"])
-    model.load_state_dict(state["model"])
-    model.to(device)
-    return {s: evaluate(model, ds, s, batch_size, device) for s in splits}
-
-
-def comparison_table(run_dirs, ds, device="cpu"):
-    """The study's table for finished runs; see tinyconv.report. Returns (per-run numbers, Markdown).
-
-    Evaluates and writes every report file beside the runs, as ``write_comparison`` does."""
-    from .report import evaluate_runs
-    from .report.tables import run_values
-    result = evaluate_runs(run_dirs, out=Path(run_dirs[0]).parent, device=device, datasets=(ds,), progress=False)
-    rows = [{"run": r["run"].label, "schedule": r["run"].schedule, **run_values(r)} for r in result["results"]]
-    return rows, result["table"]
-
-
-def markdown_table(rows, ds):
-    """``comparison_table``'s rows as Markdown, one column per run (no seed grouping, no baseline: the
-    full table is tinyconv.report.tables.comparison_markdown)."""
-    from .report.tables import format_value, table_rows
-    lines = ["| | " + " | ".join(r["run"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
-    for key, label, kind in table_rows(ds.attributes, "0.5"):
-        lines.append(f"| {label} | " + " | ".join(format_value(r.get(key), kind) for r in rows) + " |")
-    return "\n".join(lines)
-
-
 def write_comparison(run_dirs, out_dir, ds, device="cpu"):
     """The full evaluation (tinyconv.report): comparison.md/.csv, plots and report.md in ``out_dir``,
     and each run's predictions, classification report and example grids; returns the Markdown table."""
