@@ -53,14 +53,17 @@ def assert_same(a, b, dtype):
     ((4, 6, 4, 3), 3, 2, 3, 1),
 ])
 @pytest.mark.parametrize("one_image_max_k", [0, 64])   # multi-image chunks; one image each for small K
-def test_conv2d_kernels_match_plain(plain, monkeypatch, dtype, shape, c_out, k, stride, pad, one_image_max_k):
+@pytest.mark.parametrize("cache_cols", [0, 1 << 20])     # columns rebuilt in backward; kept from forward
+def test_conv2d_kernels_match_plain(plain, monkeypatch, dtype, shape, c_out, k, stride, pad, one_image_max_k,
+                                    cache_cols):
     monkeypatch.setattr(conv_module, "ONE_IMAGE_MAX_K", one_image_max_k)
+    monkeypatch.setattr(conv_module, "CACHE_COLS_BYTES", cache_cols)
     rng = np.random.default_rng(sum(shape))
     layer = Conv2D(shape[1], c_out, k, stride=stride, padding=pad, rng=rng).astype(dtype)
     layer.params["b"][:] = rng.standard_normal(c_out)
     x = rng.standard_normal(shape).astype(dtype)
     fast = run_layer(layer, x, 1)
-    assert layer.cache[0] == "x"                       # the numba path ran
+    assert layer.cache[0] == "x" and layer.cache[2] is None     # the numba path ran; columns freed
     with plain():
         ref = run_layer(layer, x, 1)
         assert layer.cache[0] == "cols"
@@ -95,6 +98,22 @@ def test_im2col_chunk_matches_plain_im2col():
     conv_cpu.im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols)
     # cols[k, g*P + p] == ref[n0 + g, k, p]
     np.testing.assert_array_equal(cols, ref[n0:n0 + G].transpose(1, 0, 2).reshape(ref.shape[1], -1))
+
+
+def test_conv2d_backward_twice_rebuilds_the_freed_columns(monkeypatch):
+    """Kept columns are freed by the backward that used them; a second backward rebuilds them from x."""
+    monkeypatch.setattr(conv_module, "CACHE_COLS_BYTES", 1 << 20)
+    rng = np.random.default_rng(14)
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng)
+    x = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    dy = rng.standard_normal((3, 4, 6, 5)).astype(np.float32)
+    layer.forward(x, True)
+    assert layer.cache[2] is not None                  # kept
+    first = layer.backward(dy), layer.grads["w"].copy(), layer.grads["b"].copy()
+    assert layer.cache[2] is None                      # freed
+    second = layer.backward(dy), layer.grads["w"], layer.grads["b"]
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_conv2d_without_input_grad(plain):
@@ -245,16 +264,18 @@ def test_kernels_skip_cupy_like_and_odd_dtypes():
     assert not kernels.use_cpu_kernels([1.0, 2.0])
 
 
+@pytest.mark.parametrize("cache_cols", [0, 1 << 20])          # conv columns rebuilt / kept from forward
 @pytest.mark.parametrize("one_image_max_k", [0, 64])          # conv chunks of several images / one each
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_threads_do_not_change_results(monkeypatch, threads, fuse, one_image_max_k):
+def test_threads_do_not_change_results(monkeypatch, threads, fuse, one_image_max_k, cache_cols):
     """The layers split their work into parts whose bounds do not depend on the thread count: one
     thread and several give bit-identical outputs and gradients (conv's chunked dw/db included)."""
     from tinyconv.kernels import threads as pool
     monkeypatch.setattr(pool, "MIN_PARALLEL_ELEMENTS", 0)        # split even these small arrays
     monkeypatch.setattr(conv_module, "CHUNK_ELEMENTS", 500)      # several chunks per thread
     monkeypatch.setattr(conv_module, "ONE_IMAGE_MAX_K", one_image_max_k)
+    monkeypatch.setattr(conv_module, "CACHE_COLS_BYTES", cache_cols)
     rng = np.random.default_rng(10)
     x = rng.standard_normal((9, 3, 11, 10)).astype(np.float32)
 

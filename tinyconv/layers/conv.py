@@ -10,7 +10,8 @@ The GEMM output is already NCHW, so no transpose is needed after it. Backward:
 On NumPy arrays the layer uses numba kernels (tinyconv/kernels/conv_cpu.py) and works through the
 batch in chunks of G images: one (C*kh*kw, G*P) column matrix per chunk, one GEMM per chunk, and
 only x cached (backward rebuilds each chunk's columns). The column matrix of the whole batch, 9x
-the input for a 3x3 kernel, is never held in memory. The threads (kernels/threads.py) take equal
+the input for a 3x3 kernel, is held only for small layers (at most CACHE_COLS_BYTES, until their
+backward has used it). The threads (kernels/threads.py) take equal
 shares of the chunks, each with its own column buffer and single-threaded GEMMs; dw and db are
 summed per chunk and the partial sums added in chunk order.
 """
@@ -33,6 +34,10 @@ CHUNK_MULTIPLE = 4
 # one image per chunk: their GEMMs are memory-bound, and one image's GEMM writes y[n] in NCHW
 # directly (backward reads dy[n] in place), skipping the two layout passes of a multi-image chunk.
 ONE_IMAGE_MAX_K = 64
+# Training forwards whose whole-batch column matrix takes at most this many bytes (the small late
+# layers, where im2col costs more than the GEMMs: rows of 2-5 pixels) keep it for backward instead
+# of rebuilding it; backward drops it once used, so it never adds to the peak of the early layers.
+CACHE_COLS_BYTES = 8 << 20
 
 
 def im2col(x, kh, kw, stride=(1, 1), pad=(0, 0)):
@@ -75,7 +80,8 @@ class Conv2D(Layer):
 
     x (N, C_in, H, W) -> y (N, C_out, out_h, out_w), out = (size + 2*pad - k) // stride + 1.
     params: w (C_out, C_in, kh, kw), b (C_out,). Caches the column matrix of x for backward
-    (on NumPy: x itself, not a copy, as Dense does: do not modify x in place before backward).
+    (on NumPy: x itself, not a copy, as Dense does: do not modify x in place before backward;
+    plus the column matrix when it is small, see CACHE_COLS_BYTES).
     ``needs_input_grad = False`` (for a first layer, whose input is the
     images) makes backward skip dx and return None.
     """
@@ -171,14 +177,20 @@ class Conv2D(Layer):
         b = self.params["b"] if "b" in self.params else np.zeros(C_out, dtype=x.dtype)
         y = np.empty((N, C_out, P), dtype=x.dtype)
         parts = parts_for(nc, N * K * P)
-        bufs = np.empty((parts, K * G * P), dtype=x.dtype)         # cols of one chunk, per thread
+        keep = train and N * K * P * x.itemsize <= CACHE_COLS_BYTES
+        # chunk c's columns: all_cols[n0*K*P : n1*K*P] as (K, g*P) when kept, else a per-thread buffer
+        all_cols = np.empty(N * K * P, dtype=x.dtype) if keep else None
+        bufs = None if keep else np.empty((parts, K * G * P), dtype=x.dtype)
         y2bufs = np.empty((parts, C_out * G * P), dtype=x.dtype) if G > 1 else None
 
         def forward(t):                                         # thread t: chunks c0 .. c1-1
             c0, c1 = split(nc, parts, t)
             for c in range(c0, c1):
                 n0, g = bounds[c], bounds[c + 1] - bounds[c]
-                cols = bufs[t, :K * g * P].reshape(K, g * P)
+                if keep:
+                    cols = all_cols[n0 * K * P:(n0 + g) * K * P].reshape(K, g * P)
+                else:
+                    cols = bufs[t, :K * g * P].reshape(K, g * P)
                 conv_cpu.im2col_chunk(x, n0, g, *geo, cols)
                 if g == 1:                                      # the GEMM output is y[n0] itself
                     np.matmul(w2, cols, out=y[n0])
@@ -188,12 +200,12 @@ class Conv2D(Layer):
                     np.matmul(w2, cols, out=y2)
                     conv_cpu.chunk_to_nchw(y2, b, n0, g, y)
         run_parts(forward, parts)
-        self.cache = ("x", x) if train else None
+        self.cache = ("x", x, all_cols) if train else None
         return y.reshape(N, C_out, out_h, out_w)
 
     def _backward_cpu(self, dy):
         from ..kernels import conv_cpu
-        _, x = self.cache
+        _, x, all_cols = self.cache                     # all_cols: the forward's columns, or None
         N = x.shape[0]
         geo, K, P, bounds = self._chunks(x.shape)
         nc, G = len(bounds) - 1, -(-N // max(len(bounds) - 1, 1))
@@ -206,15 +218,19 @@ class Conv2D(Layer):
         db_parts = np.empty((nc, C_out), dtype=x.dtype)
         dx = np.empty(x.shape, dtype=x.dtype) if self.needs_input_grad else None
         parts = parts_for(nc, N * K * P)
-        bufs = np.empty((parts, K * G * P), dtype=x.dtype)         # cols, then dcols, of one chunk
+        # one chunk's cols (rebuilt), then its dcols; only dcols when the forward kept the cols
+        bufs = np.empty((parts, K * G * P), dtype=x.dtype) if all_cols is None or dx is not None else None
         dy2bufs = np.empty((parts, C_out * G * P), dtype=x.dtype) if G > 1 else None
 
         def backward(t):
             c0, c1 = split(nc, parts, t)
             for c in range(c0, c1):
                 n0, g = bounds[c], bounds[c + 1] - bounds[c]
-                cols = bufs[t, :K * g * P].reshape(K, g * P)
-                conv_cpu.im2col_chunk(x, n0, g, *geo, cols)     # rebuilt, not cached
+                if all_cols is not None:
+                    cols = all_cols[n0 * K * P:(n0 + g) * K * P].reshape(K, g * P)
+                else:
+                    cols = bufs[t, :K * g * P].reshape(K, g * P)
+                    conv_cpu.im2col_chunk(x, n0, g, *geo, cols)  # rebuilt from x
                 if g == 1:
                     dy2 = dy[n0]
                 else:
@@ -224,10 +240,12 @@ class Conv2D(Layer):
                 # dw[o, k] = sum over the chunk's columns of cols[k, col] * dy2[o, col], computed
                 # as cols @ dy2.T -> (K, C_out): OpenBLAS runs this orientation 10-20% faster here
                 np.matmul(cols, dy2.T, out=dw_parts[c])
-                if dx is not None:
-                    np.matmul(w2.T, dy2, out=cols)              # dcols overwrite the chunk's cols
-                    conv_cpu.col2im_chunk(cols, n0, g, *geo, dx)
+                if dx is not None:                              # dcols into the chunk's buffer
+                    dcols = bufs[t, :K * g * P].reshape(K, g * P)
+                    np.matmul(w2.T, dy2, out=dcols)
+                    conv_cpu.col2im_chunk(dcols, n0, g, *geo, dx)
         run_parts(backward, parts)
+        self.cache = ("x", x, None)                     # the columns are freed (rebuilt if called again)
         if nc == 0:                                             # an empty batch
             dw_parts, db_parts, nc = np.zeros((1, K, C_out), x.dtype), np.zeros((1, C_out), x.dtype), 1
         dw_t, db = dw_parts[0], db_parts[0]
