@@ -18,28 +18,29 @@ import numba
 def im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols):
     """x (N, C, H, W) -> cols (C*kh*kw, G*out_h*out_w) for images n0 .. n0+G-1 (see module doc)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    K = C * kh * kw
     P = out_h * out_w
-    for task in range(G * K):            # one task = one row k of one image g: a contiguous run of P
-        g = task // K
-        k = task % K
-        c = k // (kh * kw)
-        i = (k // kw) % kh
-        j = k % kw
-        base = g * P
-        for p in range(out_h):
-            h = p * sh - ph + i
-            dst = base + p * out_w
-            if h < 0 or h >= H:
-                for q in range(out_w):
-                    cols[k, dst + q] = 0
-                continue
-            for q in range(out_w):
-                w = q * sw - pw + j
-                if w >= 0 and w < W:
-                    cols[k, dst + q] = x[n0 + g, c, h, w]
-                else:
-                    cols[k, dst + q] = 0
+    # one (k, g) pair = one row k of one image g: a contiguous run of P; row k is written from
+    # start to end (g inner). Nested loops, not one flat task index: the divisions that split a
+    # flat index cost as much as a small layer's row copy
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                k = (c * kh + i) * kw + j
+                for g in range(G):
+                    base = g * P
+                    for p in range(out_h):
+                        h = p * sh - ph + i
+                        dst = base + p * out_w
+                        if h < 0 or h >= H:
+                            for q in range(out_w):
+                                cols[k, dst + q] = 0
+                            continue
+                        for q in range(out_w):
+                            w = q * sw - pw + j
+                            if w >= 0 and w < W:
+                                cols[k, dst + q] = x[n0 + g, c, h, w]
+                            else:
+                                cols[k, dst + q] = 0
 
 
 @numba.njit(cache=True, nogil=True)
