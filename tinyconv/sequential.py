@@ -21,7 +21,7 @@ class Sequential:
             n = seen.get(base, 0)
             seen[base] = n + 1
             layer.name = base if n == 0 else f"{base}_{n}"
-        # On the GPU a BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel;
+        # A BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel (CUDA or numba);
         # both layers stay in the list and compute the same thing on every other path.
         from .kernels.fuse_gpu import fuse_bn_relu
         fuse_bn_relu(self)

@@ -1,9 +1,9 @@
-"""BatchNorm2D -> ReLU fusion for the GPU path: the smallest mechanism that keeps the layer list.
+"""BatchNorm2D -> ReLU fusion (CUDA kernels and numba CPU kernels): the smallest mechanism that keeps the layer list.
 
 ``fuse_bn_relu(model)`` marks each BatchNorm2D that a ReLU directly follows (``bn.fuse_relu = True``)
 and points the ReLU at it (``relu.fused_from = bn``). Nothing else changes: both layers stay in
 ``model.layers`` (state dicts, summaries and exports are untouched). At run time:
-  - BatchNorm2D applies max(y, 0) itself only when it runs the CUDA kernels, and says so in
+  - BatchNorm2D applies max(y, 0) itself only when it runs its CUDA or numba kernels, and says so in
     ``bn.relu_applied`` (reset at every forward); its backward then masks dy with y > 0.
   - ReLU checks ``fused_from.relu_applied``: True -> it passes x (and later dy) through unchanged;
     False (NumPy, float64, kernels off, any other path) -> it does its usual work.

@@ -19,7 +19,7 @@ class BatchNorm2D(Layer):
         dbeta = sum(dy)    dgamma = sum(dy * xhat)
         dx = gamma / sqrt(var + eps) / M * (M * dy - dbeta - xhat * dgamma)
     The three terms: the direct path through xhat, the path through the mean, the path through
-    the variance (see docs/walkthroughs).
+    the variance (derived in docs/walkthroughs/2-pool-batchnorm.md).
 
     On NumPy arrays training mode runs numba kernels (tinyconv/kernels/norm_cpu.py): statistics
     with float64 sums in one pass, y in a second (with a following ReLU applied, when fused); x,
