@@ -227,7 +227,7 @@ def test_bad_arguments_give_one_clear_line(cache, tmp_path, args, message):
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(cache, tmp_path):
     """The real thing: a train.py process killed with SIGKILL, resumed by a new process."""
     common = ["--schedule", "constant", "--cache-dir", str(cache), "--synthetic-count", str(COUNT),
-              "--image-size", "40x32", "--no-progress", "--width", "0.25", "--epochs", "3",
+              "--image-size", "40x32", "--no-progress", "--width", "0.25", "--epochs", "6",
               "--batch-size", "16"]
     assert run_cli(*common, "--run-dir", "full", cwd=tmp_path).returncode == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -236,10 +236,11 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(cache, tmp_pat
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\n") >= 1:
+        if metrics.exists() and metrics.read_text().count("\n") >= 1 and \
+                (tmp_path / "killed" / "checkpoints" / "last.h5").exists():
             break
         time.sleep(0.02)
-    time.sleep(0.3)   # into epoch 2
+    time.sleep(0.05)   # into epoch 2 (six epochs: the run cannot be over before the kill)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
