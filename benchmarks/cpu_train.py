@@ -222,21 +222,21 @@ class Worker:
 
 def print_layer_table(size, batch, tiny, torch_rows):
     print(f"\n### Per-layer times at {size[0]}x{size[1]}, batch {batch} (ms, median)\n")
-    print("| tinyconv layer | forward | backward | total |")
+    _print_times("tinyconv layer", tiny)
+    if torch_rows:
+        print()
+        _print_times("torch module", torch_rows)
+
+
+def _print_times(heading, rows):
+    """One Markdown table of (name, forward s, backward s) rows, with a sum row."""
+    print(f"| {heading} | forward | backward | total |")
     print("|---|---:|---:|---:|")
     total_f = total_b = 0.0
-    for name, f, b in tiny:
+    for name, f, b in rows:
         total_f, total_b = total_f + f, total_b + b
         print(f"| {name} | {f * 1e3:.1f} | {b * 1e3:.1f} | {(f + b) * 1e3:.1f} |")
     print(f"| **sum** | {total_f * 1e3:.1f} | {total_b * 1e3:.1f} | {(total_f + total_b) * 1e3:.1f} |")
-    if torch_rows:
-        print("\n| torch module | forward | backward | total |")
-        print("|---|---:|---:|---:|")
-        total_f = total_b = 0.0
-        for name, f, b in torch_rows:
-            total_f, total_b = total_f + f, total_b + b
-            print(f"| {name} | {f * 1e3:.1f} | {b * 1e3:.1f} | {(f + b) * 1e3:.1f} |")
-        print(f"| **sum** | {total_f * 1e3:.1f} | {total_b * 1e3:.1f} | {(total_f + total_b) * 1e3:.1f} |")
 
 
 def main(argv=None):

@@ -25,6 +25,8 @@ from tinyconv import kernels
 from tinyconv.backend import gpu_available, to_cpu
 from tinyconv.kernels import common_gpu, conv_gpu, fuse_gpu, loss_gpu, norm_gpu
 
+from parity import assert_states_close, train_steps  # noqa: E402  (tests/parity.py)
+
 SOURCES = sorted(common_gpu.CUDA_DIR.glob("*.cu"))
 SHIM = r"""
 #include <math.h>
@@ -245,35 +247,6 @@ def test_bce_emulated_matches_plain(emulated, pos_weight):
     np.testing.assert_allclose(dz, ref.backward(), rtol=1e-6, atol=1e-9)
 
 
-def assert_states_close(got, want):
-    """Parameters after a few Adam steps. A conv bias that feeds BatchNorm has a true gradient of 0
-    (BN subtracts the channel mean), so its computed gradient is rounding noise and Adam moves it by
-    up to lr per step in a noise-given direction: those are held to |b| <= steps * lr only, and the
-    running means that follow them (which include b) to within that, times the momentum 0.1."""
-    for k, v in want.items():
-        if k.startswith("conv2d") and k.endswith(".b"):
-            assert np.abs(to_cpu(got[k])).max() <= 3.01e-3, k
-            continue
-        if k.endswith("running_mean"):
-            np.testing.assert_allclose(to_cpu(got[k]), v, rtol=1e-3, atol=6e-4, err_msg=k)
-            continue
-        # Adam divides by sqrt(v): where a gradient is near 0 rounding can flip its step (up to lr),
-        # so a handful of elements (1 in 200,000 seen) may differ by up to steps * lr.
-        a = to_cpu(got[k])
-        off = ~np.isclose(a, v, rtol=1e-3, atol=1e-5)
-        assert off.mean() <= 1e-4 and np.abs(a - v)[off].max(initial=0) <= 3.01e-3, k
-
-
-def _train_steps(model, x, t, steps=3):
-    loss, opt = BCEWithLogits(), Adam(model.parameters())
-    values = []
-    for _ in range(steps):
-        values.append(float(loss.forward(model.forward(x), t)))
-        model.backward(loss.backward())
-        opt.step()
-    return values, model.state_dict(), opt
-
-
 def test_training_steps_emulated_match_plain(emulated, plain_path):
     """The whole CUDA path (fused BN+ReLU, flat Adam) for 3 steps of the default model."""
     rng = np.random.default_rng(8)
@@ -281,11 +254,11 @@ def test_training_steps_emulated_match_plain(emulated, plain_path):
     t = (rng.random((2, 3)) > 0.5).astype(np.float32)
     model = seed_cnn(input_shape=(3, 54, 44), seed=5)
     assert fuse_gpu.fuse_bn_relu(model) == 5
-    got_loss, got_state, opt = _train_steps(model, x, t)
+    got_loss, got_state, opt = train_steps(model, x, t)
     assert hasattr(opt, "_gpu_flat") and opt._gpu_flat.n == model.num_params()
     assert model.layers[0].params["w"].base is opt._gpu_flat.p          # params are views
     plain_path()
-    want_loss, want_state, opt = _train_steps(seed_cnn(input_shape=(3, 54, 44), seed=5), x, t)
+    want_loss, want_state, opt = train_steps(seed_cnn(input_shape=(3, 54, 44), seed=5), x, t)
     assert not hasattr(opt, "_gpu_flat")
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     assert_states_close(got_state, want_state)
@@ -404,9 +377,8 @@ def test_training_steps_gpu_kernels_match_cpu():
     t = (rng.random((6, 3)) > 0.5).astype(np.float32)
     results = {}
     for device in ("cpu", "gpu"):
-        model = seed_cnn(input_shape=(3, 54, 44), seed=5).to(device)
-        fuse_gpu.fuse_bn_relu(model)
-        results[device] = _train_steps(model, to_device(x, device), to_device(t, device))
+        model = seed_cnn(input_shape=(3, 54, 44), seed=5).to(device)   # Sequential marks BN->ReLU
+        results[device] = train_steps(model, to_device(x, device), to_device(t, device))
     assert hasattr(results["gpu"][2], "_gpu_flat")
     np.testing.assert_allclose(results["gpu"][0], results["cpu"][0], rtol=1e-4)
     assert_states_close(results["gpu"][1], results["cpu"][1])

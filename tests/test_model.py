@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from tinyconv import Adam, BCEWithLogits, seed_cnn, to_cpu, to_device
-from tinyconv.gradcheck import numerical_gradient, relative_error
+from tinyconv import Adam, BCEWithLogits, seed_cnn, to_device
 from tinyconv.models import build_model
 
 
@@ -125,21 +124,19 @@ def test_width_scales_channels():
 
 
 @pytest.mark.gpu
-def test_gpu_training_step_matches_cpu(xp):
+def test_gpu_training_step_matches_cpu(xp, monkeypatch):
+    """The plain CuPy path (CUDA kernels off; tests/test_kernels_gpu.py covers them) against NumPy."""
     if xp is np:
         pytest.skip("parity needs the GPU")
+    from parity import assert_states_close, train_steps
+    from tinyconv.kernels import common_gpu
+    monkeypatch.setattr(common_gpu, "ENABLED", False)
     rng = np.random.default_rng(4)
     x = rng.random((4, 3, 54, 44), dtype=np.float32)
     t = (rng.random((4, 3)) > 0.5).astype(np.float32)
     results = {}
     for device in ("cpu", "gpu"):
         model = seed_cnn(input_shape=(3, 54, 44), seed=5).to(device)
-        loss, opt = BCEWithLogits(), Adam(model.parameters())
-        for _ in range(3):
-            value = loss.forward(model.forward(to_device(x, device)), to_device(t, device))
-            model.backward(loss.backward())
-            opt.step()
-        results[device] = (value, model.state_dict())
-    assert results["gpu"][0] == pytest.approx(results["cpu"][0], rel=1e-4)
-    for k, v in results["cpu"][1].items():
-        np.testing.assert_allclose(to_cpu(results["gpu"][1][k]), v, rtol=1e-3, atol=1e-5, err_msg=k)
+        results[device] = train_steps(model, to_device(x, device), to_device(t, device))
+    np.testing.assert_allclose(results["gpu"][0], results["cpu"][0], rtol=1e-4)
+    assert_states_close(results["gpu"][1], results["cpu"][1])
