@@ -10,7 +10,7 @@ import pytest
 from tinyconv import Adam, BatchNorm2D, Conv2D, MaxPool2D, ReLU
 from tinyconv import kernels
 from tinyconv.kernels import fuse_gpu
-from tinyconv.layers import conv_out_size, im2col
+from tinyconv.layers import col2im, conv_out_size, im2col
 from tinyconv.layers import conv as conv_module
 
 pytestmark = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba is not installed")
@@ -86,18 +86,62 @@ def test_conv2d_chunking_does_not_change_results(plain, monkeypatch, chunk):
         assert_same(a, b, np.float64)
 
 
-def test_im2col_chunk_matches_plain_im2col():
+# (x shape, kernel, stride, padding): general geometries, and "same" ones (stride 1, out_w == W)
+# that take the shifted-plane kernels, including planes narrower than the kernel's reach
+IM2COL_GEOMETRIES = [
+    ((5, 3, 8, 7), (3, 2), (2, 1), (1, 2)),
+    ((4, 2, 9, 6), (3, 3), (1, 1), (0, 0)),
+    ((4, 3, 8, 7), (3, 3), (1, 1), (1, 1)),           # same
+    ((3, 2, 6, 1), (5, 5), (1, 1), (2, 2)),           # same, W = 1 < kernel reach
+    ((3, 2, 2, 3), (5, 5), (1, 1), (2, 2)),           # same, H = 2
+    ((4, 2, 7, 9), (3, 5), (1, 1), (0, 2)),           # same across, no padding down
+    ((4, 2, 5, 6), (5, 3), (1, 1), (3, 1)),           # same across, extra rows of padding
+    ((4, 3, 5, 4), (1, 1), (1, 1), (0, 0)),           # same, 1x1
+]
+
+
+def chunk_geometry(shape, k, s, p):
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    return kh, kw, sh, sw, ph, pw, conv_out_size(shape[2], kh, sh, ph), conv_out_size(shape[3], kw, sw, pw)
+
+
+@pytest.mark.parametrize("shape,k,s,p", IM2COL_GEOMETRIES)
+def test_im2col_chunk_matches_plain_im2col(shape, k, s, p):
     from tinyconv.kernels import conv_cpu
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((5, 3, 8, 7)).astype(np.float32)
-    kh, kw, (sh, sw), (ph, pw) = 3, 2, (2, 1), (1, 2)
-    out_h, out_w = conv_out_size(8, kh, sh, ph), conv_out_size(7, kw, sw, pw)
-    ref = im2col(x, kh, kw, (sh, sw), (ph, pw))        # (N, K, P)
-    n0, G = 1, 3
-    cols = np.full((ref.shape[1], G * out_h * out_w), np.nan, dtype=np.float32)
-    conv_cpu.im2col_chunk(x, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, cols)
+    x = rng.standard_normal(shape).astype(np.float32)
+    geo = chunk_geometry(shape, k, s, p)
+    ref = im2col(x, k[0], k[1], s, p)                   # (N, K, P), strided slices
+    n0, G = 1, shape[0] - 2
     # cols[k, g*P + p] == ref[n0 + g, k, p]
-    np.testing.assert_array_equal(cols, ref[n0:n0 + G].transpose(1, 0, 2).reshape(ref.shape[1], -1))
+    want = ref[n0:n0 + G].transpose(1, 0, 2).reshape(ref.shape[1], -1)
+    for fn in (conv_cpu.im2col_chunk, conv_cpu._im2col_general):
+        cols = np.full(want.shape, np.nan, dtype=np.float32)
+        fn(x, n0, G, *geo, cols)
+        np.testing.assert_array_equal(cols, want)
+
+
+@pytest.mark.parametrize("shape,k,s,p", IM2COL_GEOMETRIES)
+def test_col2im_chunk_matches_plain_col2im(shape, k, s, p):
+    """The chunk version against the strided-slice col2im; the shifted-plane and general kernels
+    add in the same order, so they agree to the bit; images outside the chunk are left alone."""
+    from tinyconv.kernels import conv_cpu
+    rng = np.random.default_rng(4)
+    geo = chunk_geometry(shape, k, s, p)
+    K, P = shape[1] * k[0] * k[1], geo[6] * geo[7]
+    n0, G = 1, shape[0] - 2
+    cols = rng.standard_normal((K, G * P))
+    full = np.zeros((shape[0], K, P))
+    full[n0:n0 + G] = cols.reshape(K, G, P).transpose(1, 0, 2)
+    want = col2im(full, shape, k[0], k[1], s, p)
+    results = []
+    for fn in (conv_cpu.col2im_chunk, conv_cpu._col2im_general):
+        dx = np.full(shape, 7.0)
+        fn(cols.copy(), n0, G, *geo, dx)
+        np.testing.assert_allclose(dx[n0:n0 + G], want[n0:n0 + G], rtol=1e-13, atol=1e-13)
+        assert (dx[:n0] == 7).all() and (dx[n0 + G:] == 7).all()
+        results.append(dx)
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 def test_conv2d_backward_twice_rebuilds_the_freed_columns(monkeypatch):
