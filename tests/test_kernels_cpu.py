@@ -265,6 +265,69 @@ def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,k,s,fuses", [
+    ((4, 3, 8, 6), 2, None, True),                      # the default model's 2x2 windows
+    ((3, 4, 9, 7), 2, None, True),                      # odd sizes: floor mode drops a row and a column
+    ((3, 2, 9, 8), 3, None, True),
+    ((2, 3, 8, 9), (2, 3), (3, 4), True),               # stride > kernel: gaps between windows
+    ((2, 3, 7, 7), 3, 2, False),                        # overlapping windows are not fused
+])
+def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, shape, k, s, fuses):
+    """BatchNorm2D -> ReLU -> MaxPool2D on the numba path: the BatchNorm pools too (pool_applied), the
+    ReLU and MaxPool2D pass values through, and the backward takes the pooled gradient. Output,
+    argmax and gradients bit for bit the unfused kernels; the plain path within tolerance."""
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal(shape) + 0.2).astype(dtype)
+    x[0, 0, :2, :2] = x[0, 0, 0, 0]                     # a tie inside a window
+    gamma, beta = rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
+
+    def run(fuse):
+        bn, relu, pool = BatchNorm2D(shape[1]).astype(dtype), ReLU(), MaxPool2D(k, s)
+        bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
+        if fuse:
+            fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
+        y = pool.forward(relu.forward(bn.forward(x, True), True), True)
+        applied = bn.pool_applied
+        argmax = (bn.cache[5][4] if applied else pool.cache[1]).copy()
+        dy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
+        dx = bn.backward(relu.backward(pool.backward(dy)))
+        return applied, [y, argmax], [dx, bn.grads["gamma"], bn.grads["beta"]]
+
+    applied, fused_fwd, fused_bwd = run(True)
+    assert applied == fuses
+    _, fwd, bwd = run(False)
+    for a, b in zip(fused_fwd, fwd):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(fused_bwd, bwd):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    with plain():
+        applied, ref_fwd, ref_bwd = run(True)
+    assert not applied                                  # the plain path leaves it to MaxPool2D
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    for a, b in zip(fused_fwd[:1] + fused_bwd, ref_fwd[:1] + ref_bwd):
+        np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1, np.abs(b).max()))
+
+
+def test_fused_maxpool_too_small_an_input_is_the_pools_error():
+    bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
+    fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
+    y = relu.forward(bn.forward(np.ones((2, 2, 1, 4), np.float32), True), True)
+    assert not bn.pool_applied and y.shape == (2, 2, 1, 4)
+    with pytest.raises(ValueError, match="does not fit an input of size 1"):
+        pool.forward(y, True)
+
+
+def test_fused_maxpool_checks_the_gradient_shape():
+    bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
+    fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
+    y = pool.forward(relu.forward(bn.forward(np.ones((2, 2, 4, 4), np.float32), True), True), True)
+    assert y.shape == (2, 2, 2, 2) and bn.pool_applied
+    with pytest.raises(ValueError, match=r"gradient of shape \(2, 2, 2, 2\)"):
+        bn.backward(np.ones((2, 2, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_kernel_matches_plain(plain, dtype):
     rng = np.random.default_rng(9)
     shapes = {"w": (4, 3, 3, 3), "b": (4,)}

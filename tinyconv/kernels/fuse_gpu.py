@@ -8,16 +8,29 @@ and points the ReLU at it (``relu.fused_from = bn``). Nothing else changes: both
   - ReLU checks ``fused_from.relu_applied``: True -> it passes x (and later dy) through unchanged;
     False (NumPy, float64, kernels off, any other path) -> it does its usual work.
 So the pair computes max(BN(x), 0) exactly once on every path, whatever device or dtype.
+
+The same for a MaxPool2D right after such a ReLU, when its windows do not overlap (stride >= kernel):
+``bn.fuse_pool = pool``, ``pool.fused_from = bn``. The numba training path of BatchNorm2D then
+pools too (``bn.pool_applied``), so the full-resolution BatchNorm+ReLU output and its gradient are
+never materialised (kernels/norm_cpu.py), and the MaxPool2D passes x and dy through. Every other
+path (CUDA, inference, plain NumPy) leaves the pooling to the MaxPool2D.
 """
 
 
 def fuse_bn_relu(model):
-    """Mark every BatchNorm2D -> ReLU pair of ``model.layers``; returns the number of pairs."""
-    from ..layers import BatchNorm2D, ReLU
+    """Mark every BatchNorm2D -> ReLU pair of ``model.layers`` (and a non-overlapping MaxPool2D
+    right after); returns the number of pairs."""
+    from ..layers import BatchNorm2D, MaxPool2D, ReLU
+    layers = list(model.layers)
     count = 0
-    for bn, relu in zip(model.layers, model.layers[1:]):
+    for i, (bn, relu) in enumerate(zip(layers, layers[1:])):
         if type(bn) is BatchNorm2D and type(relu) is ReLU:
             bn.fuse_relu = True
             relu.fused_from = bn
             count += 1
+            pool = layers[i + 2] if i + 2 < len(layers) else None
+            if (type(pool) is MaxPool2D and pool.stride[0] >= pool.kernel_size[0]
+                    and pool.stride[1] >= pool.kernel_size[1]):
+                bn.fuse_pool = pool
+                pool.fused_from = bn
     return count

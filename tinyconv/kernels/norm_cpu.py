@@ -122,3 +122,65 @@ def backward_dx(x, dy, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M
         else:
             for k in range(HW):
                 dst[task, k] = a * (M * ds[task, k] - db - (xs[task, k] - mu) * s * dg)
+
+
+# -- BatchNorm2D -> ReLU -> MaxPool2D forward in one pass (non-overlapping windows: stride >= kernel) --
+# The forward never writes the full-resolution BatchNorm+ReLU output: each window is normalised,
+# rectified and reduced while in cache. Same expressions and the same first-maximum rule as the
+# separate kernels (``_bn_out``, then ``v if v > 0 else 0``, then MaxPool2D's strict ``>``), so the
+# pooled output and argmax are bit for bit those of normalize + pool_cpu.maxpool_forward. (The
+# backward reuses the separate kernels: pool_cpu.maxpool_backward, then backward_sums and an
+# in-place backward_dx. Fused versions that route dy per plane measured slower here: numba's
+# per-window scatter costs more than the streaming passes it saves.)
+
+@numba.njit(cache=True, nogil=True)
+def normalize_relu_maxpool(x, mean, inv_std, gamma, beta, kh, kw, sh, sw, y, argmax):
+    """y[n, c, p, q] = max over the window at (p*sh, q*sw) of max(BN(x), 0); argmax as MaxPool2D's
+    (offset i*kw + j of the first maximum)."""
+    N, C, W = x.shape[0], x.shape[1], x.shape[3]
+    out_h, out_w = y.shape[2], y.shape[3]
+    zero = y.dtype.type(0)
+    r0 = np.empty(W, dtype=y.dtype)                 # 2x2: a pair of rows, normalised and rectified
+    r1 = np.empty(W, dtype=y.dtype)
+    for task in range(N * C):
+        n = task // C
+        c = task % C
+        mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+        if kh == 2 and kw == 2 and sh == 2 and sw == 2:   # the default model's windows
+            for p in range(out_h):
+                for w in range(W):
+                    v = _bn_out(x[n, c, 2 * p, w], mu, s, g, b)
+                    r0[w] = v if v > 0 else zero
+                    v = _bn_out(x[n, c, 2 * p + 1, w], mu, s, g, b)
+                    r1[w] = v if v > 0 else zero
+                for q in range(out_w):
+                    best = r0[2 * q]
+                    idx = 0
+                    v = r0[2 * q + 1]
+                    if v > best:
+                        best = v
+                        idx = 1
+                    v = r1[2 * q]
+                    if v > best:
+                        best = v
+                        idx = 2
+                    v = r1[2 * q + 1]
+                    if v > best:
+                        best = v
+                        idx = 3
+                    y[n, c, p, q] = best
+                    argmax[n, c, p, q] = idx
+            continue
+        for p in range(out_h):
+            for q in range(out_w):
+                best = zero
+                best_idx = 0
+                for i in range(kh):
+                    for j in range(kw):
+                        v = _bn_out(x[n, c, p * sh + i, q * sw + j], mu, s, g, b)
+                        v = v if v > 0 else zero
+                        if (i == 0 and j == 0) or v > best:
+                            best = v
+                            best_idx = i * kw + j
+                y[n, c, p, q] = best
+                argmax[n, c, p, q] = best_idx

@@ -33,6 +33,11 @@ class BatchNorm2D(Layer):
     # passes values through; backward masks dy by y > 0.
     fuse_relu = False
     relu_applied = False
+    # Set by the same function when that ReLU is followed by a MaxPool2D with non-overlapping windows:
+    # the numba training path then also pools (kernels/norm_cpu.py: the full-size BatchNorm+ReLU
+    # output is never written), says so in pool_applied, and that MaxPool2D passes values through.
+    fuse_pool = None
+    pool_applied = False
 
     def __init__(self, channels, momentum=0.1, eps=1e-5, dtype=DEFAULT_DTYPE):
         super().__init__()
@@ -49,7 +54,7 @@ class BatchNorm2D(Layer):
         return input_shape
 
     def forward(self, x, train=True):
-        self.relu_applied = False
+        self.relu_applied = self.pool_applied = False
         if x.size > 0 and use_gpu_kernels(x, *self.params.values(), *self.buffers.values()):
             from ..kernels import norm_gpu             # CUDA kernels: tinyconv/kernels/norm_gpu.py
             return norm_gpu.forward(self, x, train)
@@ -78,18 +83,32 @@ class BatchNorm2D(Layer):
         inv_std = 1 / xp.sqrt(var.astype(x.dtype) + x.dtype.type(self.eps))
         if fast:
             mean = mean.astype(x.dtype)
-            y = np.empty_like(x)
             parts = parts_for(x.shape[0], x.size)
-
             relu = bool(self.fuse_relu)             # apply the following ReLU here (one pass less)
+            pool = self._fused_pool_geometry(x.shape) if relu else None
+            # gamma, beta as they were here: the backward recomputes y for the ReLU's mask
+            fused = (gamma.copy(), beta.copy()) if relu else None
+            if pool is not None:                    # and the MaxPool2D after it
+                (kh, kw, sh, sw), out_hw = pool
+                y = np.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+                argmax = np.empty(y.shape, dtype=np.uint8)
+
+                def normalize_pool(i):
+                    a, b = split(x.shape[0], parts, i)
+                    norm_cpu.normalize_relu_maxpool(x[a:b], mean, inv_std, gamma, beta, kh, kw, sh, sw,
+                                                    y[a:b], argmax[a:b])
+                run_parts(normalize_pool, parts)
+                self.relu_applied = self.pool_applied = True
+                self.cache = ("x", x, mean, inv_std, fused, (kh, kw, sh, sw, argmax))
+                return y
+            y = np.empty_like(x)
 
             def normalize(i):
                 a, b = split(x.shape[0], parts, i)
                 norm_cpu.normalize(x[a:b], mean, inv_std, gamma, beta, relu, y[a:b])
             run_parts(normalize, parts)
             self.relu_applied = relu
-            # gamma, beta as they were here: the backward recomputes y for the ReLU's mask
-            self.cache = ("x", x, mean, inv_std, (gamma.copy(), beta.copy()) if relu else None)
+            self.cache = ("x", x, mean, inv_std, fused, None)
             return y
         xhat = (x - mean.astype(x.dtype)[:, None, None]) * inv_std[:, None, None]
         self.cache = (xhat, inv_std, train)
@@ -101,7 +120,7 @@ class BatchNorm2D(Layer):
         if isinstance(self.cache[0], str) and self.cache[0] == "gpu":
             from ..kernels import norm_gpu
             return norm_gpu.backward(self, dy)
-        if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std, fused): the NumPy path
+        if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std, fused, pool): the NumPy path
             return self._backward_cpu(dy)
         xhat, inv_std, train = self.cache
         gamma = self.params["gamma"]
@@ -115,20 +134,23 @@ class BatchNorm2D(Layer):
 
     def _backward_cpu(self, dy):
         from ..kernels import norm_cpu
-        _, x, mean, inv_std, fused = self.cache         # fused: forward's (gamma, beta), or None
+        _, x, mean, inv_std, fused, pool = self.cache   # fused: forward's (gamma, beta); pool: see forward
         gamma = self.params["gamma"]
         relu = fused is not None
         gb = fused if relu else (gamma, self.params["beta"])     # what y > 0 is recomputed with
         dy = np.ascontiguousarray(dy, dtype=x.dtype)
         dbeta = np.empty(self.channels, dtype=np.float64)
         dgamma = np.empty(self.channels, dtype=np.float64)
+        if pool is not None:                            # dy is the pooled gradient: route it
+            dy = self._unpool_cpu(dy, x, pool)
         parts = parts_for(self.channels, x.size)
         run_parts(lambda i: norm_cpu.backward_sums(x, dy, mean, inv_std, *gb, relu, dbeta, dgamma,
                                                    *split(self.channels, parts, i)), parts)
         self.grads["beta"] = dbeta = dbeta.astype(x.dtype)
         self.grads["gamma"] = dgamma = dgamma.astype(x.dtype)
         scale = gamma * inv_std
-        m = x.dtype.type(dy.size // self.channels)
+        m = x.dtype.type(x.size // self.channels)
+        # (not in place over a routed dy: numba's loop with dx aliasing dy measured 14x slower)
         dx = np.empty_like(dy)
         parts = parts_for(x.shape[0], x.size)
 
@@ -138,6 +160,35 @@ class BatchNorm2D(Layer):
                                  m, dx[a:b])
         run_parts(backward_dx, parts)
         return dx
+
+    def _unpool_cpu(self, dy, x, pool):
+        """The fused MaxPool2D's backward: dy (pooled) sent to each window's argmax, 0 elsewhere."""
+        from ..kernels import pool_cpu
+        kh, kw, sh, sw, argmax = pool
+        if dy.shape != argmax.shape:
+            raise ValueError(f"{self.name or 'BatchNorm2D'} (fused with a MaxPool2D) expects a gradient "
+                             f"of shape {argmax.shape}, got {dy.shape}")
+        g = np.empty_like(x)
+        parts = parts_for(x.shape[0], x.size)
+
+        def unpool(i):
+            a, b = split(x.shape[0], parts, i)
+            pool_cpu.maxpool_backward(dy[a:b], argmax[a:b], kh, kw, sh, sw, g[a:b])
+        run_parts(unpool, parts)
+        return g
+
+    def _fused_pool_geometry(self, x_shape):
+        """((kh, kw, sh, sw), (out_h, out_w)) of the MaxPool2D fused after the ReLU, or None when
+        there is none or its window does not fit (the MaxPool2D then runs, and says so)."""
+        pool = self.fuse_pool
+        if pool is None:
+            return None
+        try:
+            out_hw = tuple(pool.output_shape(x_shape[1:])[1:])
+        except ValueError:
+            return None
+        (kh, kw), (sh, sw) = pool.kernel_size, pool.stride
+        return (kh, kw, sh, sw), out_hw
 
     def extra_repr(self):
         return f"{self.channels}, momentum={self.momentum}, eps={self.eps}"

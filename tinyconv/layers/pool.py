@@ -26,6 +26,10 @@ class MaxPool2D(Layer):
     as PyTorch does on ties. Rows and columns that floor mode drops get zero gradient.
     """
 
+    # A BatchNorm2D -> ReLU -> this chain whose BatchNorm2D pooled already (its numba training path,
+    # see kernels/fuse_gpu.py): forward and backward then pass values through.
+    fused_from = None
+
     def __init__(self, kernel_size=2, stride=None):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
@@ -38,6 +42,9 @@ class MaxPool2D(Layer):
         return (C, conv_out_size(H, kh, sh, 0), conv_out_size(W, kw, sw, 0))
 
     def forward(self, x, train=True):
+        if self.fused_from is not None and self.fused_from.pool_applied:
+            self.cache = "fused" if train else None     # x is already pooled
+            return x
         xp = get_array_module(x)
         _, out_h, out_w = self.output_shape(x.shape[1:])
         kh, kw = self.kernel_size
@@ -72,6 +79,8 @@ class MaxPool2D(Layer):
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("MaxPool2D.backward called without a forward(train=True) before it")
+        if isinstance(self.cache, str):                 # "fused": BatchNorm2D's backward routes dy
+            return dy
         xp = get_array_module(dy)
         x_shape, argmax = self.cache
         kh, kw = self.kernel_size
