@@ -71,6 +71,21 @@ def test_conv2d_kernels_match_plain(plain, monkeypatch, dtype, shape, c_out, k, 
         assert_same(a, b, dtype)
 
 
+@pytest.mark.parametrize("one_image_max_k", [0, 64])
+def test_conv2d_kernels_without_bias(plain, monkeypatch, one_image_max_k):
+    """No bias: no row of ones under the columns, and no "b" gradient."""
+    monkeypatch.setattr(conv_module, "ONE_IMAGE_MAX_K", one_image_max_k)
+    rng = np.random.default_rng(21)
+    layer = Conv2D(3, 4, 3, padding=1, bias=False, rng=rng)
+    x = rng.standard_normal((5, 3, 7, 6)).astype(np.float32)
+    fast = run_layer(layer, x, 1)
+    assert set(fast[2]) == {"w"}
+    with plain():
+        ref = run_layer(layer, x, 1)
+    for a, b in [(fast[0], ref[0]), (fast[1], ref[1]), (fast[2]["w"], ref[2]["w"])]:
+        assert_same(a, b, np.float32)
+
+
 @pytest.mark.parametrize("chunk", [1, 37, 10_000])
 def test_conv2d_chunking_does_not_change_results(plain, monkeypatch, chunk):
     """Chunks of 1 image, of a few images with a ragged last chunk, and of the whole batch."""

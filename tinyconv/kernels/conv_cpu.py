@@ -187,18 +187,14 @@ def _col2im_general(cols, n0, G, kh, kw, sh, sw, ph, pw, out_h, out_w, dx):
 
 
 @numba.njit(cache=True, nogil=True)
-def chunk_to_nchw(y2, b, n0, G, y):
-    """y[n0 + g, o, p] = y2[o, g*P + p] + b[o]: the chunk's GEMM output back to NCHW, plus bias."""
+def chunk_to_nchw(y2, n0, G, y):
+    """y[n0 + g, o, p] = y2[o, g*P + p]: the chunk's GEMM output back to NCHW."""
     C_out = y.shape[1]
     P = y.shape[2]
     for task in range(G * C_out):
         g = task // C_out
         o = task % C_out
-        dst = y[n0 + g, o]
-        src = y2[o, g * P:(g + 1) * P]
-        bo = b[o]
-        for p in range(P):
-            dst[p] = src[p] + bo
+        _copy(y[n0 + g, o], y2[o, g * P:(g + 1) * P])
 
 
 @numba.njit(cache=True, nogil=True)
