@@ -109,6 +109,17 @@ class _Helper:
             self.done.release()
 
 
+_allocator_tuned = False
+
+
+def _tune_allocator():
+    """Once per process, on the first kernel call: keep freed large blocks (kernels/allocator.py)."""
+    global _allocator_tuned
+    from .allocator import keep_freed_memory
+    keep_freed_memory()
+    _allocator_tuned = True
+
+
 _helpers = []                   # get_num_threads() - 1 helpers, started on first use
 _busy = threading.Lock()        # one run_parts at a time; a concurrent caller runs serially
 
@@ -119,6 +130,8 @@ def run_parts(fn, parts):
     The BLAS is held to one thread throughout, with one thread here too, so that every GEMM runs
     single-threaded whatever the thread count (OpenBLAS's multi-threaded GEMMs round differently).
     """
+    if not _allocator_tuned:
+        _tune_allocator()
     if getattr(_local, "inside", False) or not _busy.acquire(blocking=False):
         for i in range(parts):      # a helper, or another thread is using the pool: run serially
             fn(i)
