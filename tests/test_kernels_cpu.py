@@ -259,7 +259,8 @@ def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
         bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
         if fuse:
             fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu]}))
-        y = relu.forward(bn.forward(x, True), True)
+        with fuse_gpu.chain():
+            y = relu.forward(bn.forward(x, True), True)
         applied = bn.relu_applied
         dx = bn.backward(relu.backward(dy))
         return applied, [y, dx, bn.grads["gamma"], bn.grads["beta"]]
@@ -301,7 +302,8 @@ def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, sh
         bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
         if fuse:
             fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
-        y = pool.forward(relu.forward(bn.forward(x, True), True), True)
+        with fuse_gpu.chain():
+            y = pool.forward(relu.forward(bn.forward(x, True), True), True)
         applied = bn.pool_applied
         argmax = (bn.cache[5][4] if applied else pool.cache[1]).copy()
         dy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
@@ -327,19 +329,81 @@ def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, sh
 def test_fused_maxpool_too_small_an_input_is_the_pools_error():
     bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
     fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
-    y = relu.forward(bn.forward(np.ones((2, 2, 1, 4), np.float32), True), True)
-    assert not bn.pool_applied and y.shape == (2, 2, 1, 4)
-    with pytest.raises(ValueError, match="does not fit an input of size 1"):
-        pool.forward(y, True)
+    with fuse_gpu.chain():
+        y = relu.forward(bn.forward(np.ones((2, 2, 1, 4), np.float32), True), True)
+        assert not bn.pool_applied and y.shape == (2, 2, 1, 4)
+        with pytest.raises(ValueError, match="does not fit an input of size 1"):
+            pool.forward(y, True)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fusion_acts_only_inside_the_model_forward(train):
+    """A model's BatchNorm2D, ReLU and MaxPool2D called one by one (a user probing activations)
+    are the plain layers, also right after a fused model forward."""
+    from tinyconv import seed_cnn
+    model = seed_cnn(input_shape=(3, 64, 48), seed=1)
+    bn, relu, pool = model.layers[1:4]
+    assert bn.fuse_pool is pool and relu.fused_from is bn and pool.fused_from is bn
+    x = np.random.default_rng(15).random((2, 3, 64, 48), dtype=np.float32)
+    model.forward(x, train)
+    assert bn.relu_applied and bn.pool_applied              # fused inside the model's forward
+    z = model.layers[0].forward(x, train)
+    y = bn.forward(z, train)
+    assert y.shape == z.shape and (y < 0).any()             # BatchNorm only: no ReLU, no pooling
+    r = relu.forward(y, train)
+    np.testing.assert_array_equal(r, np.maximum(y, 0))
+    p = pool.forward(r, train)
+    assert p.shape == (2, 32, 32, 24)
+    np.testing.assert_array_equal(p, r.reshape(2, 32, 32, 2, 24, 2).max(axis=(3, 5)))
 
 
 def test_fused_maxpool_checks_the_gradient_shape():
     bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
     fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
-    y = pool.forward(relu.forward(bn.forward(np.ones((2, 2, 4, 4), np.float32), True), True), True)
+    with fuse_gpu.chain():
+        y = pool.forward(relu.forward(bn.forward(np.ones((2, 2, 4, 4), np.float32), True), True), True)
     assert y.shape == (2, 2, 2, 2) and bn.pool_applied
     with pytest.raises(ValueError, match=r"gradient of shape \(2, 2, 2, 2\)"):
         bn.backward(np.ones((2, 2, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chain", ["bn", "bn-relu", "bn-relu-pool"])
+def test_batchnorm_inference_kernels_match_plain(plain, dtype, chain):
+    """Inference mode (running statistics) on the numba path, alone and fused with the ReLU and the
+    max-pool: forward; and for BatchNorm2D alone (ReLU and MaxPool2D keep nothing for a backward in
+    inference mode), backward through constant statistics (dx = gamma * inv_std * dy)."""
+    rng = np.random.default_rng(12)
+    shape = (3, 4, 8, 7)
+    x = (rng.standard_normal(shape) + 0.3).astype(dtype)
+
+    def run(fast):
+        bn, relu, pool = BatchNorm2D(4).astype(dtype), ReLU(), MaxPool2D(2)
+        bn.params["gamma"][:], bn.params["beta"][:] = rng_params
+        bn.buffers["running_mean"][:], bn.buffers["running_var"][:] = rng_stats
+        layers = {"bn": [bn], "bn-relu": [bn, relu], "bn-relu-pool": [bn, relu, pool]}[chain]
+        fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": layers}))
+        h = x
+        with fuse_gpu.chain():
+            for layer in layers:
+                h = layer.forward(h, False)
+        assert bn.cache[0] == "x" if fast else not isinstance(bn.cache[0], str)
+        assert bn.relu_applied == (fast and chain != "bn") and bn.pool_applied == (fast and chain == "bn-relu-pool")
+        if chain != "bn":
+            return [h]
+        dy = np.random.default_rng(13).standard_normal(h.shape).astype(dtype)
+        return [h, bn.backward(dy), bn.grads["gamma"], bn.grads["beta"]]
+
+    pr = np.random.default_rng(14)
+    rng_params = pr.uniform(0.5, 2, 4), pr.standard_normal(4)
+    rng_stats = pr.standard_normal(4) * 0.2, pr.uniform(0.5, 2, 4)
+    fast = run(True)
+    with plain():
+        ref = run(False)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast, ref):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1, np.abs(b).max()))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -409,8 +473,9 @@ def test_threads_do_not_change_results(monkeypatch, threads, fuse, one_image_max
         params = layers[0].params
         opt = Adam([(params, layers[0].grads)], lr=1e-2)
         out = []
-        for layer in layers:
-            out.append(layer.forward(x if not out else out[-1], True))
+        with fuse_gpu.chain():
+            for layer in layers:
+                out.append(layer.forward(x if not out else out[-1], True))
         dy = np.random.default_rng(11).standard_normal(out[-1].shape).astype(np.float32)
         for layer in reversed(layers):
             dy = layer.backward(dy)

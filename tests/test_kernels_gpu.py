@@ -213,7 +213,8 @@ class BNReLU:
             fuse_gpu.fuse_bn_relu(type("M", (), {"layers": [self.bn, self.relu]}))
 
     def forward(self, x, train=True):
-        return self.relu.forward(self.bn.forward(x, train), train)
+        with fuse_gpu.chain():
+            return self.relu.forward(self.bn.forward(x, train), train)
 
     def backward(self, dy):
         return self.bn.backward(self.relu.backward(dy))

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .backend import device_of, get_array_module, to_cpu
+from .kernels import fuse_gpu
 
 
 class Sequential:
@@ -21,14 +22,15 @@ class Sequential:
             n = seen.get(base, 0)
             seen[base] = n + 1
             layer.name = base if n == 0 else f"{base}_{n}"
-        # A BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel (CUDA or numba);
-        # both layers stay in the list and compute the same thing on every other path.
-        from .kernels.fuse_gpu import fuse_bn_relu
-        fuse_bn_relu(self)
+        # A BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel (CUDA or numba),
+        # and on the numba path a non-overlapping MaxPool2D after them too; all layers stay in the
+        # list and compute the same thing on every other path, or when called on their own.
+        fuse_gpu.fuse_bn_relu(self)
 
     def forward(self, x, train=True):
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        with fuse_gpu.chain():          # the fusion marks act (kernels/fuse_gpu.py)
+            for layer in self.layers:
+                x = layer.forward(x, train)
         return x
 
     __call__ = forward

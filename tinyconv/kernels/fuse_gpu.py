@@ -13,8 +13,32 @@ The same for a MaxPool2D right after such a ReLU, when its windows do not overla
 ``bn.fuse_pool = pool``, ``pool.fused_from = bn``. The numba training path of BatchNorm2D then
 pools too (``bn.pool_applied``), so the full-resolution BatchNorm+ReLU output and its gradient are
 never materialised (kernels/norm_cpu.py), and the MaxPool2D passes x and dy through. Every other
-path (CUDA, inference, plain NumPy) leaves the pooling to the MaxPool2D.
+path (CUDA, plain NumPy) leaves the pooling to the MaxPool2D.
+
+The marks act only inside :func:`chain`, which ``Sequential.forward`` enters: a marked layer called
+on its own (``model.layers[1].forward(x)``, as a walkthrough or a user probing activations does) is
+the plain layer, whatever the last model forward did.
 """
+import contextlib
+import threading
+
+_chain = threading.local()
+
+
+@contextlib.contextmanager
+def chain():
+    """Inside: marked BatchNorm2D -> ReLU (-> MaxPool2D) runs run fused (per thread)."""
+    before = getattr(_chain, "on", False)
+    _chain.on = True
+    try:
+        yield
+    finally:
+        _chain.on = before
+
+
+def active():
+    """Whether the calling thread is inside :func:`chain`."""
+    return getattr(_chain, "on", False)
 
 
 def fuse_bn_relu(model):

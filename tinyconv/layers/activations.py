@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..backend import get_array_module, to_device, device_of
-from ..kernels import use_cpu_kernels
+from ..kernels import fuse_gpu, use_cpu_kernels
 from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer
 
@@ -13,7 +13,7 @@ class ReLU(Layer):
     fused_from = None   # a BatchNorm2D that may apply this ReLU itself (tinyconv/kernels/fuse_gpu.py)
 
     def forward(self, x, train=True):
-        if self.fused_from is not None and self.fused_from.relu_applied:
+        if self.fused_from is not None and self.fused_from.relu_applied and fuse_gpu.active():
             self.cache = "fused" if train else None     # x is already max(BN(.), 0)
             return x
         if use_cpu_kernels(x):       # numba: y and mask in one pass (tinyconv/kernels/activations_cpu.py)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE, get_array_module
-from ..kernels import use_cpu_kernels
+from ..kernels import fuse_gpu, use_cpu_kernels
 from ..kernels.common_gpu import use_gpu_kernels
 from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer
@@ -21,8 +21,9 @@ class BatchNorm2D(Layer):
     The three terms: the direct path through xhat, the path through the mean, the path through
     the variance (derived in docs/walkthroughs/2-pool-batchnorm.md).
 
-    On NumPy arrays training mode runs numba kernels (tinyconv/kernels/norm_cpu.py): statistics
-    with float64 sums in one pass, y in a second (with a following ReLU applied, when fused); x,
+    On NumPy arrays both modes run numba kernels (tinyconv/kernels/norm_cpu.py): in training,
+    statistics with float64 sums in one pass; y in a second (with a following ReLU, and a following
+    non-overlapping MaxPool2D, applied when fused: kernels/fuse_gpu.py); x,
     mean and inv_std are cached instead of xhat, and backward recomputes xhat (and y, for the
     ReLU's mask) on the fly (two passes, no temporaries the size of x). The threads
     split the statistics by channel and the elementwise passes by image (kernels/threads.py).
@@ -60,10 +61,11 @@ class BatchNorm2D(Layer):
             return norm_gpu.forward(self, x, train)
         xp = get_array_module(x)
         gamma, beta = self.params["gamma"], self.params["beta"]
-        fast = train and use_cpu_kernels(x, gamma) and x.dtype == gamma.dtype and x.size > 0
+        fast = use_cpu_kernels(x, gamma) and x.dtype == gamma.dtype and x.size > 0
         if fast:
             from ..kernels import norm_cpu
             x = np.ascontiguousarray(x)
+        if fast and train:
             mean = np.empty(self.channels, dtype=np.float64)
             var = np.empty(self.channels, dtype=np.float64)
             parts = parts_for(self.channels, x.size)
@@ -84,7 +86,7 @@ class BatchNorm2D(Layer):
         if fast:
             mean = mean.astype(x.dtype)
             parts = parts_for(x.shape[0], x.size)
-            relu = bool(self.fuse_relu)             # apply the following ReLU here (one pass less)
+            relu = bool(self.fuse_relu) and fuse_gpu.active()  # apply the following ReLU here (one pass less)
             pool = self._fused_pool_geometry(x.shape) if relu else None
             # gamma, beta as they were here: the backward recomputes y for the ReLU's mask
             fused = (gamma.copy(), beta.copy()) if relu else None
@@ -99,7 +101,7 @@ class BatchNorm2D(Layer):
                                                     y[a:b], argmax[a:b])
                 run_parts(normalize_pool, parts)
                 self.relu_applied = self.pool_applied = True
-                self.cache = ("x", x, mean, inv_std, fused, (kh, kw, sh, sw, argmax))
+                self.cache = ("x", x, mean, inv_std, fused, (kh, kw, sh, sw, argmax), train)
                 return y
             y = np.empty_like(x)
 
@@ -108,7 +110,7 @@ class BatchNorm2D(Layer):
                 norm_cpu.normalize(x[a:b], mean, inv_std, gamma, beta, relu, y[a:b])
             run_parts(normalize, parts)
             self.relu_applied = relu
-            self.cache = ("x", x, mean, inv_std, fused, None)
+            self.cache = ("x", x, mean, inv_std, fused, None, train)
             return y
         xhat = (x - mean.astype(x.dtype)[:, None, None]) * inv_std[:, None, None]
         self.cache = (xhat, inv_std, train)
@@ -120,7 +122,7 @@ class BatchNorm2D(Layer):
         if isinstance(self.cache[0], str) and self.cache[0] == "gpu":
             from ..kernels import norm_gpu
             return norm_gpu.backward(self, dy)
-        if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std, fused, pool): the NumPy path
+        if isinstance(self.cache[0], str):          # ("x", x, mean, inv_std, fused, pool, train): NumPy
             return self._backward_cpu(dy)
         xhat, inv_std, train = self.cache
         gamma = self.params["gamma"]
@@ -134,7 +136,7 @@ class BatchNorm2D(Layer):
 
     def _backward_cpu(self, dy):
         from ..kernels import norm_cpu
-        _, x, mean, inv_std, fused, pool = self.cache   # fused: forward's (gamma, beta); pool: see forward
+        _, x, mean, inv_std, fused, pool, train = self.cache    # fused: forward's (gamma, beta); pool: see forward
         gamma = self.params["gamma"]
         relu = fused is not None
         gb = fused if relu else (gamma, self.params["beta"])     # what y > 0 is recomputed with
@@ -150,6 +152,8 @@ class BatchNorm2D(Layer):
         self.grads["gamma"] = dgamma = dgamma.astype(x.dtype)
         scale = gamma * inv_std
         m = x.dtype.type(x.size // self.channels)
+        if not train:       # statistics were constants: dx = scale * dy, the formula without its sums
+            dbeta, dgamma = np.zeros_like(dbeta), np.zeros_like(dgamma)
         # dx over the routed gradient when there is one (our own array: one full-size array less)
         dx = dy if pool is not None else np.empty_like(dy)
         parts = parts_for(x.shape[0], x.size)

@@ -6,7 +6,7 @@ instead of kh*kw strided passes, same argmax convention.
 import numpy as np
 
 from ..backend import get_array_module
-from ..kernels import use_cpu_kernels
+from ..kernels import fuse_gpu, use_cpu_kernels
 from ..kernels.common_gpu import use_gpu_kernels
 from ..kernels.threads import parts_for, run_parts, split
 from .base import Layer, conv_out_size, pair
@@ -42,7 +42,7 @@ class MaxPool2D(Layer):
         return (C, conv_out_size(H, kh, sh, 0), conv_out_size(W, kw, sw, 0))
 
     def forward(self, x, train=True):
-        if self.fused_from is not None and self.fused_from.pool_applied:
+        if self.fused_from is not None and self.fused_from.pool_applied and fuse_gpu.active():
             self.cache = "fused" if train else None     # x is already pooled
             return x
         xp = get_array_module(x)
