@@ -88,6 +88,16 @@ def _zero_wrapped_columns(row, s, W, out_h):
                 row[p * W + q] = 0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _shift(i, j, ph, pw, W, HW, P):
+    """Kernel offset (i, j) as a flat shift d of the plane, and the range lo .. hi of a column-matrix
+    row that the plane covers: row[lo:hi] = plane[lo + d:hi + d] (the rest is padding)."""
+    d = (i - ph) * W + (j - pw)
+    lo = min(max(0, -d), P)
+    hi = max(min(P, HW - d), lo)
+    return d, lo, hi
+
+
 @numba.njit(cache=True, nogil=True)
 def _im2col_same(x, n0, G, kh, kw, ph, pw, out_h, cols):
     """im2col_chunk for stride 1 and out_w == W: row k of image g is x[n0+g, c] flattened and
@@ -101,9 +111,7 @@ def _im2col_same(x, n0, G, kh, kw, ph, pw, out_h, cols):
             for i in range(kh):
                 for j in range(kw):
                     row = cols[(c * kh + i) * kw + j, g * P:(g + 1) * P]
-                    d = (i - ph) * W + (j - pw)
-                    lo = min(max(0, -d), P)             # row[lo:hi] = src[lo + d:hi + d]
-                    hi = max(min(P, HW - d), lo)
+                    d, lo, hi = _shift(i, j, ph, pw, W, HW, P)
                     _zero(row[:lo])
                     _copy(row[lo:hi], src[lo + d:hi + d])
                     _zero(row[hi:])
@@ -125,9 +133,7 @@ def _col2im_same(cols, n0, G, kh, kw, ph, pw, out_h, dx):
                 for j in range(kw):
                     row = cols[(c * kh + i) * kw + j, g * P:(g + 1) * P]
                     _zero_wrapped_columns(row, j - pw, W, out_h)
-                    d = (i - ph) * W + (j - pw)
-                    lo = min(max(0, -d), P)
-                    hi = max(min(P, HW - d), lo)
+                    d, lo, hi = _shift(i, j, ph, pw, W, HW, P)
                     _add(plane[lo + d:hi + d], row[lo:hi])
 
 

@@ -20,6 +20,8 @@ of x is cached for it.
 import numba
 import numpy as np
 
+from .pool_cpu import first_max4
+
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def channel_mean_var(x, mean, var, c0, c1):
@@ -168,20 +170,7 @@ def normalize_relu_maxpool(x, mean, inv_std, gamma, beta, kh, kw, sh, sw, y, arg
                     v = _bn_out(x[n, c, 2 * p + 1, w], mu, s, g, b)
                     r1[w] = v if v > 0 else zero
                 for q in range(out_w):
-                    best = r0[2 * q]
-                    idx = 0
-                    v = r0[2 * q + 1]
-                    if v > best:
-                        best = v
-                        idx = 1
-                    v = r1[2 * q]
-                    if v > best:
-                        best = v
-                        idx = 2
-                    v = r1[2 * q + 1]
-                    if v > best:
-                        best = v
-                        idx = 3
+                    best, idx = first_max4(r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1])
                     y[n, c, p, q] = best
                     argmax[n, c, p, q] = idx
             continue

@@ -7,6 +7,19 @@
 import numba
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def first_max4(v0, v1, v2, v3):
+    """(max, index of its first occurrence) of a 2x2 window given row-major: ties go first."""
+    best, idx = v0, 0
+    if v1 > best:
+        best, idx = v1, 1
+    if v2 > best:
+        best, idx = v2, 2
+    if v3 > best:
+        best, idx = v3, 3
+    return best, idx
+
+
 @numba.njit(cache=True, nogil=True)
 def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
     N, C = x.shape[0], x.shape[1]
@@ -19,20 +32,8 @@ def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
                 h = p * sh
                 for q in range(out_w):
                     w = q * sw
-                    best = x[n, c, h, w]
-                    best_idx = 0
-                    v = x[n, c, h, w + 1]
-                    if v > best:
-                        best = v
-                        best_idx = 1
-                    v = x[n, c, h + 1, w]
-                    if v > best:
-                        best = v
-                        best_idx = 2
-                    v = x[n, c, h + 1, w + 1]
-                    if v > best:
-                        best = v
-                        best_idx = 3
+                    best, best_idx = first_max4(x[n, c, h, w], x[n, c, h, w + 1],
+                                                x[n, c, h + 1, w], x[n, c, h + 1, w + 1])
                     y[n, c, p, q] = best
                     argmax[n, c, p, q] = best_idx
             continue
