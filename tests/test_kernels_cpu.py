@@ -357,6 +357,22 @@ def test_fusion_acts_only_inside_the_model_forward(train):
     np.testing.assert_array_equal(p, r.reshape(2, 32, 32, 2, 24, 2).max(axis=(3, 5)))
 
 
+def test_a_sub_model_sharing_layers_fuses_by_its_own_structure():
+    """Sequential(model.layers[:3]) = conv, BatchNorm2D, ReLU: no max-pool is fused into its
+    BatchNorm2D (the full model's MaxPool2D is not in it), and the full model still fuses."""
+    from tinyconv import Sequential, seed_cnn
+    model = seed_cnn(input_shape=(3, 64, 48), seed=2)
+    head = Sequential(model.layers[:3])
+    x = np.random.default_rng(16).random((2, 3, 64, 48), dtype=np.float32)
+    for train in (True, False):
+        y = head.forward(x, train)
+        assert y.shape == (2, 32, 64, 48) and (y >= 0).all() and (y == 0).any()
+        assert model.layers[1].relu_applied and not model.layers[1].pool_applied
+        model.forward(x, train)
+        assert model.layers[1].pool_applied
+        np.testing.assert_array_equal(head.forward(x, train), y)
+
+
 def test_fused_maxpool_checks_the_gradient_shape():
     bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
     fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))

@@ -28,7 +28,8 @@ class Sequential:
         fuse_gpu.fuse_bn_relu(self)
 
     def forward(self, x, train=True):
-        with fuse_gpu.chain():          # the fusion marks act (kernels/fuse_gpu.py)
+        fuse_gpu.fuse_bn_relu(self)     # this model's marks (its layers may sit in another model too)
+        with fuse_gpu.chain():          # and they act (kernels/fuse_gpu.py)
             for layer in self.layers:
                 x = layer.forward(x, train)
         return x
