@@ -35,8 +35,9 @@ class BatchNorm2D(Layer):
     fuse_relu = False
     relu_applied = False
     # Set by the same function when that ReLU is followed by a MaxPool2D with non-overlapping windows:
-    # the numba training path then also pools (kernels/norm_cpu.py: the full-size BatchNorm+ReLU
-    # output is never written), says so in pool_applied, and that MaxPool2D passes values through.
+    # the numba path (training and inference, inside a model's forward) then also pools
+    # (kernels/norm_cpu.py: the full-size BatchNorm+ReLU output is never written), says so in
+    # pool_applied, and that MaxPool2D passes values through.
     fuse_pool = None
     pool_applied = False
 
