@@ -29,9 +29,9 @@ class BatchNorm2D(Layer):
     split the statistics by channel and the elementwise passes by image (kernels/threads.py).
     """
 
-    # Set by kernels/fuse_gpu.py when a ReLU follows: the CUDA path and the numba training path then
-    # apply max(y, 0) themselves and say so in relu_applied (reset at every forward), and that ReLU
-    # passes values through; backward masks dy by y > 0.
+    # Set by kernels/fuse_gpu.py when a ReLU follows: inside a model's forward the CUDA path and the
+    # numba path then apply max(y, 0) themselves and say so in relu_applied (reset at every forward),
+    # and that ReLU passes values through; backward masks dy by y > 0.
     fuse_relu = False
     relu_applied = False
     # Set by the same function when that ReLU is followed by a MaxPool2D with non-overlapping windows:
