@@ -73,20 +73,20 @@ class TinyconvRunner:
         self.opt.step()
 
     def layer_times(self, repeats):
-        """{layer name: (forward s, backward s)}, medians over ``repeats`` steps. The layers run
-        inside ``fuse_gpu.chain()`` as in the model's forward, so the fused BatchNorm2D -> ReLU ->
-        MaxPool2D shows up as BatchNorm2D's time (the ReLU and the max-pool pass values through)."""
+        """{layer name: (forward s, backward s)}, medians over ``repeats`` steps. The forwards run
+        inside ``fuse_gpu.chain(layers)`` as in the model's forward, so the fused BatchNorm2D -> ReLU
+        -> MaxPool2D shows up as BatchNorm2D's time (the ReLU and the max-pool pass values through)."""
         from tinyconv.kernels import fuse_gpu
         layers = self.model.layers
         fwd = {l.name: [] for l in layers}
         bwd = {l.name: [] for l in layers}
         for _ in range(repeats):
             h = self.x
-            for l in layers:
-                t0 = time.perf_counter()
-                with fuse_gpu.chain():
+            with fuse_gpu.chain(layers):
+                for l in layers:
+                    t0 = time.perf_counter()
                     h = l.forward(h, True)
-                fwd[l.name].append(time.perf_counter() - t0)
+                    fwd[l.name].append(time.perf_counter() - t0)
             self.loss.forward(h, self.t)
             dy = self.loss.backward()
             for l in reversed(layers):

@@ -257,9 +257,7 @@ def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
     def run(fuse):
         bn, relu = BatchNorm2D(shape[1]).astype(dtype), ReLU()
         bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
-        if fuse:
-            fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu]}))
-        with fuse_gpu.chain():
+        with fuse_gpu.chain([bn, relu] if fuse else []):
             y = relu.forward(bn.forward(x, True), True)
         applied = bn.relu_applied
         dx = bn.backward(relu.backward(dy))
@@ -300,9 +298,7 @@ def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, sh
     def run(fuse):
         bn, relu, pool = BatchNorm2D(shape[1]).astype(dtype), ReLU(), MaxPool2D(k, s)
         bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
-        if fuse:
-            fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
-        with fuse_gpu.chain():
+        with fuse_gpu.chain([bn, relu, pool] if fuse else []):
             y = pool.forward(relu.forward(bn.forward(x, True), True), True)
         applied = bn.pool_applied
         argmax = (bn.cache[5][4] if applied else pool.cache[1]).copy()
@@ -328,8 +324,7 @@ def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, sh
 
 def test_fused_maxpool_too_small_an_input_is_the_pools_error():
     bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
-    fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
-    with fuse_gpu.chain():
+    with fuse_gpu.chain([bn, relu, pool]):
         y = relu.forward(bn.forward(np.ones((2, 2, 1, 4), np.float32), True), True)
         assert not bn.pool_applied and y.shape == (2, 2, 1, 4)
         with pytest.raises(ValueError, match="does not fit an input of size 1"):
@@ -343,7 +338,7 @@ def test_fusion_acts_only_inside_the_model_forward(train):
     from tinyconv import seed_cnn
     model = seed_cnn(input_shape=(3, 64, 48), seed=1)
     bn, relu, pool = model.layers[1:4]
-    assert bn.fuse_pool is pool and relu.fused_from is bn and pool.fused_from is bn
+    assert fuse_gpu.fusion_plan(model.layers)[id(bn)] == (relu, pool)
     x = np.random.default_rng(15).random((2, 3, 64, 48), dtype=np.float32)
     model.forward(x, train)
     assert bn.relu_applied and bn.pool_applied              # fused inside the model's forward
@@ -373,10 +368,75 @@ def test_a_sub_model_sharing_layers_fuses_by_its_own_structure():
         np.testing.assert_array_equal(head.forward(x, train), y)
 
 
+def test_fusion_is_per_thread_when_threads_share_a_model():
+    """Several threads running one model's forward at once (a server, say) each get the model's
+    output: what is fused is decided per call and per thread (fuse_gpu.chain), not in flags on the
+    shared layers. Thread switches are forced often to interleave the layers. (To BLAS rounding:
+    the threads' GEMMs run with per-thread OpenBLAS settings, see kernels/threads.py.)"""
+    import sys
+    import threading
+    from tinyconv import seed_cnn
+    model = seed_cnn(input_shape=(3, 64, 48), seed=3)
+    xs = [np.random.default_rng(20 + i).random((2, 3, 64, 48), dtype=np.float32) for i in range(3)]
+    want = [model.forward(x, False) for x in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(15):
+                np.testing.assert_allclose(model.forward(xs[i], False), want[i], rtol=1e-5, atol=1e-5)
+                if i == 0:                       # a probe of one layer, outside the chain
+                    assert model.layers[1].forward(model.layers[0].forward(xs[i], False), False).shape == (2, 32, 64, 48)
+        except Exception as e:                   # noqa: BLE001  (reported below)
+            errors.append(e)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_layer_object_used_twice_in_a_model(plain, train):
+    """One ReLU and one MaxPool2D object at two places in a model: each use gets its own hand-over."""
+    from tinyconv import Sequential
+    rng = np.random.default_rng(17)
+    relu, pool = ReLU(), MaxPool2D(2)
+    model = Sequential([Conv2D(3, 4, 3, padding=1, rng=rng), BatchNorm2D(4), relu, pool,
+                        Conv2D(4, 4, 3, padding=1, rng=rng), BatchNorm2D(4), relu, pool])
+    x = rng.random((2, 3, 16, 16), dtype=np.float32)
+    y = model.forward(x, train)
+    assert model.layers[1].pool_applied and y.shape == (2, 4, 4, 4)
+    with plain():
+        ref = model.forward(x, train)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_inference_backward_is_scale_times_dy_even_for_infinite_inputs(plain):
+    """Inference backward multiplies dy by gamma * inv_std; an infinite input does not turn the
+    gradient into NaN (the training formula's xhat * 0 would)."""
+    bn = BatchNorm2D(2)
+    x = np.ones((2, 2, 3, 3), np.float32)
+    x[0, 0, 0, 0] = np.inf
+    dy = np.ones_like(x)
+    bn.forward(x, False)
+    fast = bn.backward(dy)
+    with plain():
+        bn.forward(x, False)
+        ref = bn.backward(dy)
+    assert np.isfinite(fast).all()
+    np.testing.assert_allclose(fast, ref, rtol=1e-6)
+
+
 def test_fused_maxpool_checks_the_gradient_shape():
     bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
-    fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": [bn, relu, pool]}))
-    with fuse_gpu.chain():
+    with fuse_gpu.chain([bn, relu, pool]):
         y = pool.forward(relu.forward(bn.forward(np.ones((2, 2, 4, 4), np.float32), True), True), True)
     assert y.shape == (2, 2, 2, 2) and bn.pool_applied
     with pytest.raises(ValueError, match=r"gradient of shape \(2, 2, 2, 2\)"):
@@ -398,9 +458,8 @@ def test_batchnorm_inference_kernels_match_plain(plain, dtype, chain):
         bn.params["gamma"][:], bn.params["beta"][:] = rng_params
         bn.buffers["running_mean"][:], bn.buffers["running_var"][:] = rng_stats
         layers = {"bn": [bn], "bn-relu": [bn, relu], "bn-relu-pool": [bn, relu, pool]}[chain]
-        fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": layers}))
         h = x
-        with fuse_gpu.chain():
+        with fuse_gpu.chain(layers):
             for layer in layers:
                 h = layer.forward(h, False)
         assert bn.cache[0] == "x" if fast else not isinstance(bn.cache[0], str)
@@ -484,12 +543,10 @@ def test_threads_do_not_change_results(monkeypatch, threads, fuse, one_image_max
     def run():
         layers = [Conv2D(3, 5, 3, padding=1, rng=np.random.default_rng(1)), BatchNorm2D(5), ReLU(),
                   MaxPool2D(2)]
-        if fuse:                                                 # BatchNorm2D applies the ReLU
-            fuse_gpu.fuse_bn_relu(type("Model", (), {"layers": layers}))
         params = layers[0].params
         opt = Adam([(params, layers[0].grads)], lr=1e-2)
         out = []
-        with fuse_gpu.chain():
+        with fuse_gpu.chain(layers if fuse else []):             # BatchNorm2D applies ReLU, max-pool
             for layer in layers:
                 out.append(layer.forward(x if not out else out[-1], True))
         dy = np.random.default_rng(11).standard_normal(out[-1].shape).astype(np.float32)
@@ -550,3 +607,24 @@ def test_threads_do_not_change_results_with_threaded_blas_sizes():
     np.testing.assert_array_equal(dx1, dx2)
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k])
+
+
+def test_a_worker_thread_gets_the_same_bits_as_the_main_thread():
+    """Training from a thread other than the main one: its GEMMs run on one BLAS thread too. With
+    OpenBLAS the global setting alone did not reach such a thread once the main thread had used
+    the BLAS (measured: a 128x577 @ 577x192 product rounded differently), so the pool also sets
+    OpenBLAS's per-thread count (kernels/threads.py)."""
+    import threading
+    rng = np.random.default_rng(22)
+    layer = Conv2D(64, 128, 3, padding=1, rng=rng)          # K + 1 = 577: an odd inner dimension
+    x = rng.random((2, 64, 16, 12), dtype=np.float32)
+    np.ones((300, 300)) @ np.ones((300, 300))                # the main thread uses the BLAS
+    want = run_layer(layer, x, 23)
+    got = {}
+    worker = threading.Thread(target=lambda: got.setdefault("r", run_layer(layer, x, 23)))
+    worker.start()
+    worker.join()
+    for a, b in zip(want[:2], got["r"][:2]):
+        np.testing.assert_array_equal(a, b)
+    for k in want[2]:
+        np.testing.assert_array_equal(want[2][k], got["r"][2][k])

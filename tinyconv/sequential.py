@@ -22,14 +22,12 @@ class Sequential:
             n = seen.get(base, 0)
             seen[base] = n + 1
             layer.name = base if n == 0 else f"{base}_{n}"
-        # A BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel (CUDA or numba),
-        # and on the numba path a non-overlapping MaxPool2D after them too; all layers stay in the
-        # list and compute the same thing on every other path, or when called on their own.
-        fuse_gpu.fuse_bn_relu(self)
 
     def forward(self, x, train=True):
-        fuse_gpu.fuse_bn_relu(self)     # this model's marks (its layers may sit in another model too)
-        with fuse_gpu.chain():          # and they act (kernels/fuse_gpu.py)
+        # A BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel (CUDA or numba),
+        # and on the numba path a non-overlapping MaxPool2D after them too (kernels/fuse_gpu.py); all
+        # layers stay in the list and compute the same thing on every other path.
+        with fuse_gpu.chain(self.layers):
             for layer in self.layers:
                 x = layer.forward(x, train)
         return x

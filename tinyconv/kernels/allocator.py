@@ -17,9 +17,9 @@ MiB against 48 / 175 / 608 at 54x44 / 109x89 / 218x178). Higher thresholds (256 
 they stay memory-mapped.
 
 The CPU kernels call it once, on first use (``threads.run_parts``); ``TINYCONV_KEEP_FREED_MEMORY=0``
-turns it off. It changes the allocator of the whole process, which is why it waits for the first
-CPU kernel call (a process that only uses CuPy, or only imports tinyconv, keeps glibc's
-defaults). Elsewhere than glibc (macOS, musl, Windows) it does nothing.
+(or false / no / off) turns it off. It changes the allocator of the whole process, which is why
+it waits for the first CPU kernel call (a process that only uses CuPy, or only imports tinyconv,
+keeps glibc's defaults). Elsewhere than glibc (macOS, musl, Windows) it does nothing.
 """
 import ctypes
 import ctypes.util
@@ -38,7 +38,7 @@ def keep_freed_memory():
     global _state
     if _state is None:
         _state = False
-        if os.environ.get("TINYCONV_KEEP_FREED_MEMORY", "") not in ("", "1"):
+        if os.environ.get("TINYCONV_KEEP_FREED_MEMORY", "").strip().lower() in ("0", "false", "no", "off"):
             return _state
         if not sys.platform.startswith("linux"):
             return _state

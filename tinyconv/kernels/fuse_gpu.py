@@ -1,67 +1,80 @@
-"""BatchNorm2D -> ReLU fusion (CUDA kernels and numba CPU kernels): the smallest mechanism that keeps the layer list.
+"""BatchNorm2D -> ReLU (-> MaxPool2D) fusion for the CUDA and numba kernels, keeping the layer list.
 
-``fuse_bn_relu(model)`` marks each BatchNorm2D that a ReLU directly follows (``bn.fuse_relu = True``)
-and points the ReLU at it (``relu.fused_from = bn``). Nothing else changes: both layers stay in
-``model.layers`` (state dicts, summaries and exports are untouched). At run time:
-  - BatchNorm2D applies max(y, 0) itself only when it runs its CUDA or numba kernels, and says so in
-    ``bn.relu_applied`` (reset at every forward); its backward then masks dy with y > 0.
-  - ReLU checks ``fused_from.relu_applied``: True -> it passes x (and later dy) through unchanged;
-    False (NumPy, float64, kernels off, any other path) -> it does its usual work.
-So the pair computes max(BN(x), 0) exactly once on every path, whatever device or dtype.
+All layers stay in ``model.layers`` (state dicts, summaries and exports are untouched). At run time,
+inside a model's forward (``Sequential.forward`` runs its layers inside :func:`chain`):
+  - a BatchNorm2D directly followed by a ReLU applies max(y, 0) itself when it runs its CUDA or
+    numba kernels, and hands the ReLU over: the ReLU then passes x (and later dy) through; on any
+    other path (plain NumPy or CuPy, dtypes the kernels do not take) the ReLU does its usual work.
+    The BatchNorm's backward masks dy with y > 0.
+  - on the numba path, a MaxPool2D with non-overlapping windows (stride >= kernel) right after that
+    ReLU is applied by the BatchNorm too (kernels/norm_cpu.py: the full-resolution BatchNorm+ReLU
+    output and its gradient are never materialised) and passes values through the same way.
+So each run computes the same function on every path, whatever device or dtype.
 
-The same for a MaxPool2D right after such a ReLU, when its windows do not overlap (stride >= kernel):
-``bn.fuse_pool = pool``, ``pool.fused_from = bn``. The numba training path of BatchNorm2D then
-pools too (``bn.pool_applied``), so the full-resolution BatchNorm+ReLU output and its gradient are
-never materialised (kernels/norm_cpu.py), and the MaxPool2D passes x and dy through. Every other
-path (CUDA, plain NumPy) leaves the pooling to the MaxPool2D.
-
-The marks act only inside :func:`chain`, which ``Sequential.forward`` enters: a marked layer called
-on its own (``model.layers[1].forward(x)``, as a walkthrough or a user probing activations does) is
-the plain layer, whatever the last model forward did.
+What is fused is decided per call and per thread, never stored on the layers: :func:`chain` finds
+the runs in the list it is given, a BatchNorm2D asks :func:`partners` whether it starts one, and
+hands its partners over with :func:`applied`; each partner takes its hand-over once with
+:func:`take`. So a layer called on its own (``model.layers[1].forward(x)``, as a walkthrough or a
+user probing activations does), a sub-model built from ``model.layers[:3]``, a layer object used
+twice in one model, or several threads running one model at once all get the plain semantics.
 """
 import contextlib
 import threading
 
-_chain = threading.local()
+_state = threading.local()          # .run: (plan, handed-over layer ids) of the innermost chain
 
 
-@contextlib.contextmanager
-def chain():
-    """Inside: marked BatchNorm2D -> ReLU (-> MaxPool2D) runs run fused (per thread)."""
-    before = getattr(_chain, "on", False)
-    _chain.on = True
-    try:
-        yield
-    finally:
-        _chain.on = before
-
-
-def active():
-    """Whether the calling thread is inside :func:`chain`."""
-    return getattr(_chain, "on", False)
+def fusion_plan(layers):
+    """{id(bn): (relu, pool or None)} for each BatchNorm2D -> ReLU (-> non-overlapping MaxPool2D)
+    in ``layers``."""
+    from ..layers import BatchNorm2D, MaxPool2D, ReLU
+    layers = list(layers)
+    plan = {}
+    for i, (bn, relu) in enumerate(zip(layers, layers[1:])):
+        if type(bn) is BatchNorm2D and type(relu) is ReLU:
+            pool = layers[i + 2] if i + 2 < len(layers) else None
+            if not (type(pool) is MaxPool2D and pool.stride[0] >= pool.kernel_size[0]
+                    and pool.stride[1] >= pool.kernel_size[1]):
+                pool = None
+            plan[id(bn)] = (relu, pool)
+    return plan
 
 
 def fuse_bn_relu(model):
-    """Mark every BatchNorm2D -> ReLU pair of ``model.layers`` (and a non-overlapping MaxPool2D
-    right after); returns the number of pairs. Marks from any earlier call are cleared first, so
-    they describe this model even when its layers also sit in another one (a sub-model built from
-    ``model.layers[:3]``, say): ``Sequential.forward`` calls this before each run (microseconds)."""
-    from ..layers import BatchNorm2D, MaxPool2D, ReLU
-    layers = list(model.layers)
+    """The number of BatchNorm2D -> ReLU runs in ``model.layers`` that a forward fuses."""
+    return len(fusion_plan(model.layers))
+
+
+@contextlib.contextmanager
+def chain(layers):
+    """Run ``layers`` (a model's list, in order) with their BatchNorm2D -> ReLU (-> MaxPool2D) runs
+    fused, in this thread."""
+    before = getattr(_state, "run", None)
+    _state.run = (fusion_plan(layers), set())
+    try:
+        yield
+    finally:
+        _state.run = before
+
+
+def partners(bn):
+    """(relu, pool or None) when ``bn`` starts a fused run of the current chain, else None."""
+    run = getattr(_state, "run", None)
+    return run[0].get(id(bn)) if run is not None else None
+
+
+def applied(*layers):
+    """A BatchNorm2D did these layers' work: each passes its next input through (see take)."""
+    run = _state.run
     for layer in layers:
-        if type(layer) is BatchNorm2D:
-            layer.fuse_relu, layer.fuse_pool = False, None
-        elif type(layer) in (ReLU, MaxPool2D):
-            layer.fused_from = None
-    count = 0
-    for i, (bn, relu) in enumerate(zip(layers, layers[1:])):
-        if type(bn) is BatchNorm2D and type(relu) is ReLU:
-            bn.fuse_relu = True
-            relu.fused_from = bn
-            count += 1
-            pool = layers[i + 2] if i + 2 < len(layers) else None
-            if (type(pool) is MaxPool2D and pool.stride[0] >= pool.kernel_size[0]
-                    and pool.stride[1] >= pool.kernel_size[1]):
-                bn.fuse_pool = pool
-                pool.fused_from = bn
-    return count
+        if layer is not None:
+            run[1].add(id(layer))
+
+
+def take(layer):
+    """True, once, when the BatchNorm2D before ``layer`` in the current chain did its work."""
+    run = getattr(_state, "run", None)
+    if run is None or id(layer) not in run[1]:
+        return False
+    run[1].discard(id(layer))
+    return True

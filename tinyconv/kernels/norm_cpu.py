@@ -1,4 +1,4 @@
-"""numba CPU kernels for BatchNorm2D (training mode), replacing the mean/var/xhat temporaries of
+"""numba CPU kernels for BatchNorm2D (training and inference), replacing the mean/var/xhat temporaries of
 ``tinyconv.layers.norm.BatchNorm2D`` with two passes over x forward and two over (x, dy) backward.
 
 Sums run in float64 (whatever x's dtype): M = N*H*W terms per channel, and float32 running sums
@@ -11,7 +11,7 @@ vectorise the float64 sums (without it a sum is one serial chain of additions: 2
 Reordering a float64 sum of M terms moves it by at most about M * 1.1e-16 relative, far below
 float32 rounding (6e-8) for any batch that fits in memory; no other fast-math flag is used.
 
-Fused ReLU (``relu`` set: the layer's ``fuse_relu``, see kernels/fuse_gpu.py): the forward writes
+Fused ReLU (``relu`` set: a ReLU follows inside a model's forward, see kernels/fuse_gpu.py): the forward writes
 max(y, 0), and the backward masks dy by y > 0, with y recomputed from x by ``_bn_out``, the very
 expression the forward used (compiled without fast-math even when inlined into a fast-math kernel:
 LLVM's flags are per instruction), so the mask is bit for bit the ReLU's x > 0 and nothing the size
@@ -103,14 +103,22 @@ def backward_sums(x, dy, mean, inv_std, gamma, beta, relu, dbeta, dgamma, c0, c1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _backward_dx(xs, ds, C, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M, dst):
+def _backward_dx(xs, ds, C, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M, batch_stats, dst):
     """The body of backward_dx on (N*C, HW) views."""
     zero = ds.dtype.type(0)
     HW = xs.shape[1]
     for task in range(xs.shape[0]):
         c = task % C
         mu, s, a, db, dg = mean[c], inv_std[c], scale[c] / M, dbeta[c], dgamma[c]
-        if relu:
+        if not batch_stats:                         # inference: constant statistics, dx = scale * g
+            sc = scale[c]
+            ga, be = gamma[c], beta[c]
+            for k in range(HW):
+                d = ds[task, k]
+                if relu and not _bn_out(xs[task, k], mu, s, ga, be) > 0:
+                    d = zero
+                dst[task, k] = sc * d
+        elif relu:
             ga, be = gamma[c], beta[c]
             for k in range(HW):
                 v = xs[task, k]
@@ -122,22 +130,24 @@ def _backward_dx(xs, ds, C, mean, inv_std, gamma, beta, relu, scale, dbeta, dgam
 
 
 @numba.njit(cache=True, nogil=True)
-def backward_dx(x, dy, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M, dx):
+def backward_dx(x, dy, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M, batch_stats, dx):
     """dx = scale / M * (M * g - dbeta - xhat * dgamma), scale = gamma * inv_std (all per channel),
-    g = dy, or with ``relu`` dy masked by y > 0 (as in backward_sums)."""
+    g = dy, or with ``relu`` dy masked by y > 0 (as in backward_sums). Without ``batch_stats``
+    (inference: the statistics were constants) dx = scale * g."""
     N, C, HW = x.shape[0], x.shape[1], x.shape[2] * x.shape[3]
     _backward_dx(x.reshape(N * C, HW), dy.reshape(N * C, HW), C, mean, inv_std, gamma, beta, relu, scale,
-                 dbeta, dgamma, M, dx.reshape(N * C, HW))
+                 dbeta, dgamma, M, batch_stats, dx.reshape(N * C, HW))
 
 
 @numba.njit(cache=True, nogil=True)
-def backward_dx_inplace(x, dy, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M):
+def backward_dx_inplace(x, dy, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M, batch_stats):
     """backward_dx writing dx over dy. One view for both, so that LLVM sees one pointer: passing
     the same array to backward_dx as dy and dx fails its runtime overlap test and runs the scalar
     loop (14x slower measured here)."""
     N, C, HW = x.shape[0], x.shape[1], x.shape[2] * x.shape[3]
     ds = dy.reshape(N * C, HW)
-    _backward_dx(x.reshape(N * C, HW), ds, C, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M, ds)
+    _backward_dx(x.reshape(N * C, HW), ds, C, mean, inv_std, gamma, beta, relu, scale, dbeta, dgamma, M,
+                 batch_stats, ds)
 
 
 # -- BatchNorm2D -> ReLU -> MaxPool2D forward in one pass (non-overlapping windows: stride >= kernel) --

@@ -8,7 +8,6 @@ Compare the plain path: about 25 elementwise launches and 4 temporaries the size
 """
 import numpy as np
 
-from . import fuse_gpu
 from .common_gpu import THREADS, f32, i32, i64, kernel, launch, launch_rows
 
 TARGET_THREADS = 1 << 18     # threads of a partial-sum launch, all channels together
@@ -26,13 +25,12 @@ def _channel_sums(name, C, N, HW, *args):
     return partial.sum(axis=2)
 
 
-def forward(layer, x, train):
+def forward(layer, x, train, relu=False):
     import cupy
     x = cupy.ascontiguousarray(x)
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
     gamma, beta = layer.params["gamma"], layer.params["beta"]
-    relu = bool(layer.fuse_relu) and fuse_gpu.active()
     if train:
         M = N * HW
         sums = _channel_sums("bn_stats_partial", C, N, HW, x, i32(N), i32(C), i32(HW))

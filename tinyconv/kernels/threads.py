@@ -12,8 +12,10 @@ Results do not depend on the number of threads: layers split their work into par
 boundaries do not depend on it (images, channels or element ranges written by one part only; the
 convolution's dw and db as one partial sum per chunk of images, added in chunk order by the caller),
 and the GEMMs inside run on one BLAS thread even when the pool has one thread (OpenBLAS's threaded
-GEMMs round differently). This holds when one Python thread at a time trains; a second thread that
-calls in while the pool is busy runs its parts serially.
+GEMMs round differently), whichever thread calls. This holds when one Python thread at a time
+trains; a second thread that calls in while the pool is busy runs its parts serially (its results
+then agree to BLAS rounding: rarely, 1 forward in a few hundred here, an OpenBLAS GEMM of such a
+thread still ran multi-threaded).
 
 The number of threads is the number of cores this process may use (``os.sched_getaffinity``),
 or ``TINYCONV_NUM_THREADS``, or :func:`set_num_threads`. Without threadpoolctl it is 1 (the
@@ -25,6 +27,7 @@ import threading
 _local = threading.local()      # .inside: this thread is a helper (nested calls run serially)
 _num_threads = None
 _blas = None                    # threadpoolctl's BLAS controllers, or () when there are none
+_blas_local = None              # OpenBLAS's openblas_set_num_threads_local functions, or ()
 
 
 def _blas_controllers():
@@ -37,6 +40,31 @@ def _blas_controllers():
         except Exception:           # not installed, or an unknown BLAS
             _blas = ()
     return _blas
+
+
+def _blas_local_setters():
+    """OpenBLAS's per-thread setting (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27).
+
+    The global ``openblas_set_num_threads`` that threadpoolctl calls does not always reach a
+    thread other than the main one: measured with OpenBLAS 0.3.31 here, a worker thread that set 1
+    still ran its GEMMs on 2 threads (and so rounded them differently) once the main thread had
+    used OpenBLAS. The per-thread setting does reach it, so the pool sets it in every thread that
+    runs parts."""
+    global _blas_local
+    if _blas_local is None:
+        setters = []
+        for c in _blas_controllers():
+            if getattr(c, "internal_api", "") != "openblas":
+                continue
+            try:
+                import ctypes
+                fn = ctypes.CDLL(c.filepath).openblas_set_num_threads_local
+            except (OSError, AttributeError):
+                continue
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            setters.append(fn)
+        _blas_local = tuple(setters)
+    return _blas_local
 
 
 def _default_num_threads():
@@ -97,6 +125,8 @@ class _Helper:
 
     def _loop(self):
         _local.inside = True
+        for set_local in _blas_local_setters():     # this thread only ever runs parts
+            set_local(1)
         while True:
             self.start.acquire()
             fn, indexes = self.work
@@ -132,18 +162,32 @@ def run_parts(fn, parts):
     """
     if not _allocator_tuned:
         _tune_allocator()
-    if getattr(_local, "inside", False) or not _busy.acquire(blocking=False):
-        for i in range(parts):      # a helper, or another thread is using the pool: run serially
+    if getattr(_local, "inside", False):
+        for i in range(parts):      # a helper (its BLAS is at 1 thread for good): run serially
             fn(i)
+        return
+    if not _busy.acquire(blocking=False):
+        # another thread is using the pool: run serially, this thread's GEMMs on 1 BLAS thread too
+        # (per thread: the global setting belongs to the pool's user, which restores it when done)
+        saved_local = [set_local(1) for set_local in _blas_local_setters()]
+        try:
+            for i in range(parts):
+                fn(i)
+        finally:
+            for set_local, n in zip(_blas_local_setters(), saved_local):
+                set_local(n)
         return
     try:
         blas = _blas_controllers()
         saved = [c.get_num_threads() for c in blas]
         for c in blas:
             c.set_num_threads(1)
+        saved_local = [set_local(1) for set_local in _blas_local_setters()]
         try:
             _run(fn, parts, min(get_num_threads(), parts))
         finally:
+            for set_local, n in zip(_blas_local_setters(), saved_local):
+                set_local(n)
             for c, n in zip(blas, saved):
                 c.set_num_threads(n)
     finally:

@@ -10,10 +10,8 @@ from .base import Layer
 class ReLU(Layer):
     """y = max(x, 0); dx = dy where x > 0, else 0 (the subgradient 0 at x == 0). Caches the mask."""
 
-    fused_from = None   # a BatchNorm2D that may apply this ReLU itself (tinyconv/kernels/fuse_gpu.py)
-
     def forward(self, x, train=True):
-        if self.fused_from is not None and self.fused_from.relu_applied and fuse_gpu.active():
+        if fuse_gpu.take(self):      # the BatchNorm2D before it applied it (tinyconv/kernels/fuse_gpu.py)
             self.cache = "fused" if train else None     # x is already max(BN(.), 0)
             return x
         if use_cpu_kernels(x):       # numba: y and mask in one pass (tinyconv/kernels/activations_cpu.py)

@@ -29,16 +29,11 @@ class BatchNorm2D(Layer):
     split the statistics by channel and the elementwise passes by image (kernels/threads.py).
     """
 
-    # Set by kernels/fuse_gpu.py when a ReLU follows: inside a model's forward the CUDA path and the
-    # numba path then apply max(y, 0) themselves and say so in relu_applied (reset at every forward),
-    # and that ReLU passes values through; backward masks dy by y > 0.
-    fuse_relu = False
+    # Inside a model's forward, when a ReLU follows (kernels/fuse_gpu.py), the CUDA and numba paths
+    # apply max(y, 0) themselves, and the numba path a following non-overlapping MaxPool2D too
+    # (kernels/norm_cpu.py: the full-size BatchNorm+ReLU output is never written); those layers then
+    # pass values through, and backward masks dy by y > 0. What the last forward did, for inspection:
     relu_applied = False
-    # Set by the same function when that ReLU is followed by a MaxPool2D with non-overlapping windows:
-    # the numba path (training and inference, inside a model's forward) then also pools
-    # (kernels/norm_cpu.py: the full-size BatchNorm+ReLU output is never written), says so in
-    # pool_applied, and that MaxPool2D passes values through.
-    fuse_pool = None
     pool_applied = False
 
     def __init__(self, channels, momentum=0.1, eps=1e-5, dtype=DEFAULT_DTYPE):
@@ -57,9 +52,13 @@ class BatchNorm2D(Layer):
 
     def forward(self, x, train=True):
         self.relu_applied = self.pool_applied = False
+        partners = fuse_gpu.partners(self)             # (ReLU, MaxPool2D or None) to fuse, or None
         if x.size > 0 and use_gpu_kernels(x, *self.params.values(), *self.buffers.values()):
             from ..kernels import norm_gpu             # CUDA kernels: tinyconv/kernels/norm_gpu.py
-            return norm_gpu.forward(self, x, train)
+            y = norm_gpu.forward(self, x, train, relu=partners is not None)
+            if partners is not None:
+                fuse_gpu.applied(partners[0])
+            return y
         xp = get_array_module(x)
         gamma, beta = self.params["gamma"], self.params["beta"]
         fast = use_cpu_kernels(x, gamma) and x.dtype == gamma.dtype and x.size > 0
@@ -87,8 +86,8 @@ class BatchNorm2D(Layer):
         if fast:
             mean = mean.astype(x.dtype)
             parts = parts_for(x.shape[0], x.size)
-            relu = bool(self.fuse_relu) and fuse_gpu.active()  # apply the following ReLU here (one pass less)
-            pool = self._fused_pool_geometry(x.shape) if relu else None
+            relu = partners is not None             # apply the following ReLU here (one pass less)
+            pool = self._fused_pool_geometry(partners[1], x.shape) if relu else None
             # gamma, beta as they were here: the backward recomputes y for the ReLU's mask
             fused = (gamma.copy(), beta.copy()) if relu else None
             if pool is not None:                    # and the MaxPool2D after it
@@ -102,6 +101,7 @@ class BatchNorm2D(Layer):
                                                     y[a:b], argmax[a:b])
                 run_parts(normalize_pool, parts)
                 self.relu_applied = self.pool_applied = True
+                fuse_gpu.applied(*partners)
                 self.cache = ("x", x, mean, inv_std, fused, (kh, kw, sh, sw, argmax), train)
                 return y
             y = np.empty_like(x)
@@ -111,6 +111,8 @@ class BatchNorm2D(Layer):
                 norm_cpu.normalize(x[a:b], mean, inv_std, gamma, beta, relu, y[a:b])
             run_parts(normalize, parts)
             self.relu_applied = relu
+            if relu:
+                fuse_gpu.applied(partners[0])
             self.cache = ("x", x, mean, inv_std, fused, None, train)
             return y
         xhat = (x - mean.astype(x.dtype)[:, None, None]) * inv_std[:, None, None]
@@ -153,8 +155,6 @@ class BatchNorm2D(Layer):
         self.grads["gamma"] = dgamma = dgamma.astype(x.dtype)
         scale = gamma * inv_std
         m = x.dtype.type(x.size // self.channels)
-        if not train:       # statistics were constants: dx = scale * dy, the formula without its sums
-            dbeta, dgamma = np.zeros_like(dbeta), np.zeros_like(dgamma)
         # dx over the routed gradient when there is one (our own array: one full-size array less)
         dx = dy if pool is not None else np.empty_like(dy)
         parts = parts_for(x.shape[0], x.size)
@@ -162,10 +162,11 @@ class BatchNorm2D(Layer):
         def backward_dx(i):
             a, b = split(x.shape[0], parts, i)
             if pool is not None:
-                norm_cpu.backward_dx_inplace(x[a:b], dy[a:b], mean, inv_std, *gb, relu, scale, dbeta, dgamma, m)
+                norm_cpu.backward_dx_inplace(x[a:b], dy[a:b], mean, inv_std, *gb, relu, scale, dbeta, dgamma, m,
+                                             train)
             else:
                 norm_cpu.backward_dx(x[a:b], dy[a:b], mean, inv_std, *gb, relu, scale, dbeta, dgamma,
-                                     m, dx[a:b])
+                                     m, train, dx[a:b])
         run_parts(backward_dx, parts)
         return dx
 
@@ -185,10 +186,10 @@ class BatchNorm2D(Layer):
         run_parts(unpool, parts)
         return g
 
-    def _fused_pool_geometry(self, x_shape):
-        """((kh, kw, sh, sw), (out_h, out_w)) of the MaxPool2D fused after the ReLU, or None when
-        there is none or its window does not fit (the MaxPool2D then runs, and says so)."""
-        pool = self.fuse_pool
+    @staticmethod
+    def _fused_pool_geometry(pool, x_shape):
+        """((kh, kw, sh, sw), (out_h, out_w)) of the MaxPool2D ``pool`` fused after the ReLU, or None
+        when there is none or its window does not fit (the MaxPool2D then runs, and says so)."""
         if pool is None:
             return None
         try:

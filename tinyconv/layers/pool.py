@@ -26,10 +26,6 @@ class MaxPool2D(Layer):
     as PyTorch does on ties. Rows and columns that floor mode drops get zero gradient.
     """
 
-    # A BatchNorm2D -> ReLU -> this chain whose BatchNorm2D pooled already (its numba training path,
-    # see kernels/fuse_gpu.py): forward and backward then pass values through.
-    fused_from = None
-
     def __init__(self, kernel_size=2, stride=None):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
@@ -42,8 +38,8 @@ class MaxPool2D(Layer):
         return (C, conv_out_size(H, kh, sh, 0), conv_out_size(W, kw, sw, 0))
 
     def forward(self, x, train=True):
-        if self.fused_from is not None and self.fused_from.pool_applied and fuse_gpu.active():
-            self.cache = "fused" if train else None     # x is already pooled
+        if fuse_gpu.take(self):      # BatchNorm2D -> ReLU -> this, and the BatchNorm2D pooled already
+            self.cache = "fused" if train else None     # (its numba path, see kernels/fuse_gpu.py)
             return x
         xp = get_array_module(x)
         _, out_h, out_w = self.output_shape(x.shape[1:])
