@@ -253,7 +253,7 @@ def test_training_steps_emulated_match_plain(emulated, plain_path):
     x = rng.random((2, 3, 54, 44), dtype=np.float32)
     t = (rng.random((2, 3)) > 0.5).astype(np.float32)
     model = seed_cnn(input_shape=(3, 54, 44), seed=5)
-    assert fuse_gpu.fuse_bn_relu(model) == 5
+    assert len(fuse_gpu.fusion_plan(model.layers)) == 5
     got_loss, got_state, opt = train_steps(model, x, t)
     assert hasattr(opt, "_gpu_flat") and opt._gpu_flat.n == model.num_params()
     assert model.layers[0].params["w"].base is opt._gpu_flat.p          # params are views

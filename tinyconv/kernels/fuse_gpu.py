@@ -40,11 +40,6 @@ def fusion_plan(layers):
     return plan
 
 
-def fuse_bn_relu(model):
-    """The number of BatchNorm2D -> ReLU runs in ``model.layers`` that a forward fuses."""
-    return len(fusion_plan(model.layers))
-
-
 @contextlib.contextmanager
 def chain(layers):
     """Run ``layers`` (a model's list, in order) with their BatchNorm2D -> ReLU (-> MaxPool2D) runs

@@ -21,8 +21,11 @@ The number of threads is the number of cores this process may use (``os.sched_ge
 or ``TINYCONV_NUM_THREADS``, or :func:`set_num_threads`. Without threadpoolctl it is 1 (the
 kernels then run serially and the GEMMs use the BLAS's threads).
 """
+import contextlib
 import os
 import threading
+
+from .allocator import keep_freed_memory
 
 _local = threading.local()      # .inside: this thread is a helper (nested calls run serially)
 _num_threads = None
@@ -139,19 +142,26 @@ class _Helper:
             self.done.release()
 
 
-_allocator_tuned = False
-
-
-def _tune_allocator():
-    """Once per process, on the first kernel call: keep freed large blocks (kernels/allocator.py)."""
-    global _allocator_tuned
-    from .allocator import keep_freed_memory
-    keep_freed_memory()
-    _allocator_tuned = True
-
-
 _helpers = []                   # get_num_threads() - 1 helpers, started on first use
 _busy = threading.Lock()        # one run_parts at a time; a concurrent caller runs serially
+
+
+@contextlib.contextmanager
+def _blas_on_one_thread(also_global):
+    """The calling thread's GEMMs on one BLAS thread (OpenBLAS's per-thread setting), and with
+    ``also_global`` the BLAS's global setting too; both restored on exit."""
+    blas = _blas_controllers() if also_global else ()
+    saved = [c.get_num_threads() for c in blas]
+    for c in blas:
+        c.set_num_threads(1)
+    saved_local = [set_local(1) for set_local in _blas_local_setters()]
+    try:
+        yield
+    finally:
+        for set_local, n in zip(_blas_local_setters(), saved_local):
+            set_local(n)
+        for c, n in zip(blas, saved):
+            c.set_num_threads(n)
 
 
 def run_parts(fn, parts):
@@ -159,37 +169,23 @@ def run_parts(fn, parts):
 
     The BLAS is held to one thread throughout, with one thread here too, so that every GEMM runs
     single-threaded whatever the thread count (OpenBLAS's multi-threaded GEMMs round differently).
+    The first call also applies kernels/allocator.py (once per process).
     """
-    if not _allocator_tuned:
-        _tune_allocator()
+    keep_freed_memory()
     if getattr(_local, "inside", False):
         for i in range(parts):      # a helper (its BLAS is at 1 thread for good): run serially
             fn(i)
         return
     if not _busy.acquire(blocking=False):
         # another thread is using the pool: run serially, this thread's GEMMs on 1 BLAS thread too
-        # (per thread: the global setting belongs to the pool's user, which restores it when done)
-        saved_local = [set_local(1) for set_local in _blas_local_setters()]
-        try:
+        # (per thread only: the global setting belongs to the pool's user, which restores it)
+        with _blas_on_one_thread(also_global=False):
             for i in range(parts):
                 fn(i)
-        finally:
-            for set_local, n in zip(_blas_local_setters(), saved_local):
-                set_local(n)
         return
     try:
-        blas = _blas_controllers()
-        saved = [c.get_num_threads() for c in blas]
-        for c in blas:
-            c.set_num_threads(1)
-        saved_local = [set_local(1) for set_local in _blas_local_setters()]
-        try:
+        with _blas_on_one_thread(also_global=True):
             _run(fn, parts, min(get_num_threads(), parts))
-        finally:
-            for set_local, n in zip(_blas_local_setters(), saved_local):
-                set_local(n)
-            for c, n in zip(blas, saved):
-                c.set_num_threads(n)
     finally:
         _busy.release()
 
