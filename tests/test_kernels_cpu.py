@@ -248,7 +248,9 @@ def test_batchnorm_kernels_match_plain(plain, dtype, shape, offset):
 def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
     """The fusion marks on the numba path: BatchNorm2D applies the ReLU (relu_applied), the ReLU
     passes through, and backward masks dy by y > 0 recomputed from x. Bit for bit the unfused
-    kernels (the same expressions), and the plain path within tolerance."""
+    kernels on any CPU, by construction (the same expressions, no fast-math, sums in the order the
+    source writes: see test_batchnorm_sums_follow_the_stated_order), and the plain path within
+    tolerance."""
     rng = np.random.default_rng(9)
     x = (rng.standard_normal(shape) + 0.3).astype(dtype)
     gamma, beta = rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
@@ -289,7 +291,8 @@ def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
 def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, shape, k, s, fuses):
     """BatchNorm2D -> ReLU -> MaxPool2D on the numba path: the BatchNorm pools too (pool_applied), the
     ReLU and MaxPool2D pass values through, and the backward takes the pooled gradient. Output,
-    argmax and gradients bit for bit the unfused kernels; the plain path within tolerance."""
+    argmax and gradients bit for bit the unfused kernels (by construction, on any CPU); the plain path
+    within tolerance."""
     rng = np.random.default_rng(10)
     x = (rng.standard_normal(shape) + 0.2).astype(dtype)
     x[0, 0, :2, :2] = x[0, 0, 0, 0]                     # a tie inside a window
@@ -320,6 +323,76 @@ def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, sh
     tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
     for a, b in zip(fused_fwd[:1] + fused_bwd, ref_fwd[:1] + ref_bwd):
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1, np.abs(b).max()))
+
+
+def _sums_in_stated_order(t0, t1):
+    """The order norm_cpu._channel_sums promises, written with NumPy elementwise adds (each one IEEE
+    rounding, no reordering possible) and a Python loop: per pixel, images four at a time as
+    (a + b) + (c + d), then the rest one by one; then the pixel sums from the first pixel up."""
+    def fold(t):                                         # t: (N, HW) float64
+        acc = np.zeros(t.shape[1])
+        n = 0
+        while n + 4 <= t.shape[0]:
+            acc += (t[n] + t[n + 1]) + (t[n + 2] + t[n + 3])
+            n += 4
+        for m in range(n, t.shape[0]):
+            acc += t[m]
+        total = 0.0
+        for v in acc:
+            total += float(v)
+        return total
+    return fold(t0), fold(t1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 3, 5, 9), (4, 2, 13, 11), (1, 2, 3, 3)])
+def test_batchnorm_sums_follow_the_stated_order(dtype, shape):
+    """The statistics and backward sums equal, bit for bit, the same sums written out in the order the
+    kernel's docstring states. Any reassociation (fast-math, a vectoriser reordering a reduction)
+    breaks this on some CPU, which is what makes fused == unfused hold on every CPU."""
+    from tinyconv.kernels import norm_cpu
+    rng = np.random.default_rng(21)
+    N, C, H, W = shape
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    mean, var = np.empty(C), np.empty(C)
+    norm_cpu.channel_mean_var(x, mean, var, 0, C)
+    mu = rng.standard_normal(C).astype(dtype)
+    s = rng.uniform(0.5, 2, C).astype(dtype)
+    g, b = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    for relu in (False, True):
+        dbeta, dgamma = np.empty(C), np.empty(C)
+        norm_cpu.backward_sums(x, dy, mu, s, g, b, relu, dbeta, dgamma, 0, C)
+        for c in range(C):
+            xc, dc = x[:, c].reshape(N, H * W), dy[:, c].reshape(N, H * W)
+            if c == 0 and not relu:                      # the statistics, shifted by x[0, c, 0, 0]
+                for cc in range(C):
+                    d = x[:, cc].reshape(N, H * W).astype(np.float64) - np.float64(x[0, cc, 0, 0])
+                    s1, s2 = _sums_in_stated_order(d, d * d)
+                    m1 = s1 / (N * H * W)
+                    assert mean[cc] == np.float64(x[0, cc, 0, 0]) + m1
+                    assert var[cc] == max(s2 / (N * H * W) - m1 * m1, 0.0)
+            xhat = (xc - mu[c]) * s[c]                   # in x's dtype, as the kernel computes it
+            gd = dc.astype(np.float64)
+            if relu:
+                gd = np.where(g[c] * xhat + b[c] > 0, gd, 0.0)
+            sb, sg = _sums_in_stated_order(gd, gd * xhat.astype(np.float64))
+            assert dbeta[c] == sb and dgamma[c] == sg, (relu, c)
+
+
+def test_fused_kernels_agree_under_another_numba_target(tmp_path):
+    """The fused == unfused and stated-order tests again, with numba compiling for a generic x86-64
+    (no AVX): LLVM then vectorises differently, so a sum whose order depended on the vectoriser
+    would fail here even when it passes for this machine's CPU (an AMD EPYC failed that way)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+            "-k", "fused_matches_unfused or stated_order"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
 
 
 def test_fused_maxpool_too_small_an_input_is_the_pools_error():

@@ -6,16 +6,19 @@ would lose digits for large M. Loops run per channel (statistics, for a range of
 threads split the channels, so each sum is made by one thread in one order) or per (n, c) plane
 (the threads split the images).
 
-The two reduction kernels allow LLVM to reassociate (``fastmath={"reassoc"}``) so that it can
-vectorise the float64 sums (without it a sum is one serial chain of additions: 2.5x slower here).
-Reordering a float64 sum of M terms moves it by at most about M * 1.1e-16 relative, far below
-float32 rounding (6e-8) for any batch that fits in memory; no other fast-math flag is used.
+No kernel here uses fast-math: every sum is added in the order the source writes, so a result does
+not depend on the CPU (LLVM vectorises differently per CPU, and with reassociation allowed that
+changes the order of a sum, and so its last bits) nor on the thread count. The per-channel sums
+are vectorisable all the same: they accumulate along the plane (``acc[k]`` for each pixel k, four
+images at a time, elementwise, so in SIMD lanes with no reordering), and only the plane's HW
+partial sums are added serially at the end (``_channel_sums``). Fused and unfused calls sum the
+same per-element values in the same order, so they agree bit for bit on any CPU.
 
 Fused ReLU (``relu`` set: a ReLU follows inside a model's forward, see kernels/fuse_gpu.py): the forward writes
 max(y, 0), and the backward masks dy by y > 0, with y recomputed from x by ``_bn_out``, the very
-expression the forward used (compiled without fast-math even when inlined into a fast-math kernel:
-LLVM's flags are per instruction), so the mask is bit for bit the ReLU's x > 0 and nothing the size
-of x is cached for it.
+expression the forward used (no kernel uses fast-math, and LLVM does not contract into FMAs without
+it), so the mask is bit for bit the ReLU's x > 0 and nothing the size of x is cached
+for it.
 """
 import numba
 import numpy as np
@@ -23,7 +26,54 @@ import numpy as np
 from .pool_cpu import first_max4
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+@numba.njit(cache=True, nogil=True, inline="always")
+def _terms(v, w, mode, shift, mu, s, g, b):
+    """The two per-element terms a kernel sums, for x = v and dy = w: (d, d*d) with d = v - shift for
+    the statistics (mode 0); (d, d * xhat), xhat = (v - mu) * s, for the backward, with d = dy
+    (mode 1) or dy masked by y > 0 (mode 2, the fused ReLU)."""
+    if mode == 0:
+        d = np.float64(v) - shift
+        return d, d * d
+    d = np.float64(w)
+    if mode == 2 and not _bn_out(v, mu, s, g, b) > 0:
+        d = 0.0
+    return d, d * np.float64((v - mu) * s)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _channel_sums(x3, dy3, c, mode, shift, mu, s, g, b, acc0, acc1):
+    """(sum of the first term, sum of the second) of ``_terms`` over (n, k) for channel c, in float64
+    and in one fixed order: per pixel k, four images at a time ((t0 + t1) + (t2 + t3)) added into
+    acc[k], then the remaining images one by one; then the HW pixel sums from k = 0 up. The loops
+    over k are elementwise, so they vectorise without reassociation. ``acc0``/``acc1``: float64
+    scratch of HW elements. x3, dy3: (N, C, HW) views (dy3 is x3 for the statistics)."""
+    N, HW = x3.shape[0], x3.shape[2]
+    acc0[:] = 0.0
+    acc1[:] = 0.0
+    n = 0
+    while n + 4 <= N:
+        for k in range(HW):
+            p0, q0 = _terms(x3[n, c, k], dy3[n, c, k], mode, shift, mu, s, g, b)
+            p1, q1 = _terms(x3[n + 1, c, k], dy3[n + 1, c, k], mode, shift, mu, s, g, b)
+            p2, q2 = _terms(x3[n + 2, c, k], dy3[n + 2, c, k], mode, shift, mu, s, g, b)
+            p3, q3 = _terms(x3[n + 3, c, k], dy3[n + 3, c, k], mode, shift, mu, s, g, b)
+            acc0[k] += (p0 + p1) + (p2 + p3)
+            acc1[k] += (q0 + q1) + (q2 + q3)
+        n += 4
+    for n in range(n, N):
+        for k in range(HW):
+            p, q = _terms(x3[n, c, k], dy3[n, c, k], mode, shift, mu, s, g, b)
+            acc0[k] += p
+            acc1[k] += q
+    s0 = 0.0
+    s1 = 0.0
+    for k in range(HW):
+        s0 += acc0[k]
+        s1 += acc1[k]
+    return s0, s1
+
+
+@numba.njit(cache=True, nogil=True)
 def channel_mean_var(x, mean, var, c0, c1):
     """Per channel c in c0 .. c1-1, over (n, h, w): mean and biased variance, into float64 arrays (C,).
 
@@ -33,15 +83,11 @@ def channel_mean_var(x, mean, var, c0, c1):
     HW = x.shape[2] * x.shape[3]
     M = N * HW
     x3 = x.reshape(N, C, HW)
+    acc0 = np.empty(HW)
+    acc1 = np.empty(HW)
     for c in range(c0, c1):
         shift = np.float64(x3[0, c, 0])
-        s1 = 0.0
-        s2 = 0.0
-        for n in range(N):
-            for k in range(HW):
-                d = np.float64(x3[n, c, k]) - shift
-                s1 += d
-                s2 += d * d
+        s1, s2 = _channel_sums(x3, x3, c, 0, shift, 0.0, 0.0, 0.0, 0.0, acc0, acc1)
         m1 = s1 / M
         mean[c] = shift + m1
         var[c] = max(s2 / M - m1 * m1, 0.0)
@@ -73,33 +119,20 @@ def normalize(x, mean, inv_std, gamma, beta, relu, y):
                 dst[task, k] = _bn_out(src[task, k], mu, s, g, b)
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+@numba.njit(cache=True, nogil=True)
 def backward_sums(x, dy, mean, inv_std, gamma, beta, relu, dbeta, dgamma, c0, c1):
     """For c in c0 .. c1-1: dbeta[c] = sum g;  dgamma[c] = sum g * xhat, xhat = (x - mean) * inv_std
-    (float64 sums), g = dy, or with ``relu`` dy where y > 0 and 0 elsewhere."""
+    (float64 sums, ``_channel_sums``' order), g = dy, or with ``relu`` dy where y > 0 and 0 elsewhere."""
     N, C = x.shape[0], x.shape[1]
     HW = x.shape[2] * x.shape[3]
     x3 = x.reshape(N, C, HW)
     dy3 = dy.reshape(N, C, HW)
+    acc0 = np.empty(HW)
+    acc1 = np.empty(HW)
+    mode = 2 if relu else 1
     for c in range(c0, c1):
-        mu, s, ga, be = mean[c], inv_std[c], gamma[c], beta[c]
-        sb = 0.0
-        sg = 0.0
-        if relu:
-            for n in range(N):
-                for k in range(HW):
-                    v = x3[n, c, k]
-                    d = dy3[n, c, k] if _bn_out(v, mu, s, ga, be) > 0 else dy3.dtype.type(0)
-                    sb += d
-                    sg += np.float64(d) * np.float64((v - mu) * s)
-        else:
-            for n in range(N):
-                for k in range(HW):
-                    d = dy3[n, c, k]
-                    sb += d
-                    sg += np.float64(d) * np.float64((x3[n, c, k] - mu) * s)
-        dbeta[c] = sb
-        dgamma[c] = sg
+        dbeta[c], dgamma[c] = _channel_sums(x3, dy3, c, mode, 0.0, mean[c], inv_std[c], gamma[c], beta[c],
+                                            acc0, acc1)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
