@@ -140,3 +140,18 @@ def test_gpu_training_step_matches_cpu(xp, monkeypatch):
         results[device] = train_steps(model, to_device(x, device), to_device(t, device))
     np.testing.assert_allclose(results["gpu"][0], results["cpu"][0], rtol=1e-4)
     assert_states_close(results["gpu"][1], results["cpu"][1])
+
+
+def test_summary_of_a_hand_built_model_says_where_the_input_shape_goes():
+    """A newcomer's tc.Sequential([...]) has no input shape: the error names both places to give it,
+    and following its advice works."""
+    import pytest
+    from tinyconv import Conv2D, Flatten, ReLU, Sequential
+    model = Sequential([Conv2D(3, 4, 3, padding=1), ReLU(), Flatten()])
+    with pytest.raises(ValueError) as err:
+        model.summary(print_fn=None)
+    assert "summary(input_shape=" in str(err.value) and "Sequential([...], input_shape=" in str(err.value)
+    text = model.summary(input_shape=(3, 8, 6), print_fn=None)
+    assert "(N, 4, 8, 6)" in text and "Trainable params: 112" in text
+    built = Sequential([Conv2D(3, 4, 3, padding=1), ReLU(), Flatten()], input_shape=(3, 8, 6))
+    assert "(N, 192)" in built.summary(print_fn=None)

@@ -86,7 +86,9 @@ class Sequential:
         """Print (and return) a table of layers, output shapes and parameter counts."""
         shape = tuple(input_shape) if input_shape is not None else self.input_shape
         if shape is None:
-            raise ValueError("summary() needs input_shape=(C, H, W): the model was built without one")
+            raise ValueError("summary() needs the input shape, and this model was built without one: call "
+                             "model.summary(input_shape=(3, 54, 44)) with your (C, H, W), or build it as "
+                             "Sequential([...], input_shape=(3, 54, 44))")
         rows = [("Layer (type)", "Output shape", "Param #")]
         rows.append(("input", str(("N",) + shape).replace("'", ""), "0"))
         for layer in self.layers:
