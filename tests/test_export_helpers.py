@@ -23,18 +23,21 @@ def trained_like_model(H=54, W=44, seed=0):
     return model
 
 
-def make_run(runs_dir, name="run-a", H=54, W=44, seed=0, synthetic=True):
-    """Write runs_dir/name/checkpoints/best.h5 (+ config.json) as the training loop does; return (run_dir, model)."""
+def make_run(runs_dir, name="run-a", H=54, W=44, seed=0, synthetic=True, val_loss=None, best_epoch=3):
+    """Write runs_dir/name/checkpoints/best.h5 (+ config.json) as the training loop does; return (run_dir, model).
+    ``val_loss``: the best validation loss recorded in the meta (the training loop always records one)."""
     model = trained_like_model(H, W, seed)
     run_dir = runs_dir / name
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "config.json").write_text('{"name": "%s"}' % name)
+    (run_dir / "config.json").write_text('{"name": "%s", "config": {"seed": %d}}' % (name, seed))
     meta = {"model": model.config, "attributes": ATTRS, "image_size": [H, W], "resize_policy": RESIZE_POLICY,
             "synthetic": synthetic, "run_dir": str(run_dir), "schedule": "plateau", "epoch": 3,
             "tinyconv_version": "0.1.0", "data_source": "synthetic:test"}
+    if val_loss is not None:
+        meta.update(best_val_loss=val_loss, best_epoch=best_epoch)
     state = {"meta": meta, "model": model.state_dict(), "optimizer": {"t": 3}, "schedule": {},
              "rng": {}, "progress": {"epoch": 3}, "metrics": []}
-    save_checkpoint(run_dir / "checkpoints" / "best.h5", state)
+    save_checkpoint(run_dir / "checkpoints" / "best.h5", state, meta=meta)
     return run_dir, model
 
 

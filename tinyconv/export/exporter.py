@@ -109,7 +109,8 @@ def coreml_parity(path, model, images):
 
 
 def export(source=None, out=None, float16=False, runs_dir="runs", coreml=True, log=print):
-    """Export the checkpoint at ``source`` (file, run folder, None = newest run). Returns the report dict.
+    """Export the checkpoint at ``source`` (file, run folder, experiment folder -> its run with the lowest
+    validation loss, None = the newest run or experiment). Returns the report dict.
 
     float16 makes the Core ML program float16 (the ONNX model stays float32, the reference).
     Without a usable coremltools the ONNX model is still written and the report says what to install.
@@ -119,8 +120,8 @@ def export(source=None, out=None, float16=False, runs_dir="runs", coreml=True, l
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401  (the parity check runs the exported graph)
     except ImportError as exc:
-        raise RuntimeError(f"exporting needs onnx and onnxruntime ({exc}): pip install -e .[onnx]") from None
-    checkpoint = find_checkpoint(source, runs_dir)
+        raise RuntimeError(f"exporting needs onnx and onnxruntime ({exc}): they are tinyconv dependencies: pip install -e . again") from None
+    checkpoint = find_checkpoint(source, runs_dir, announce=log)
     model, meta = load_trained(checkpoint)
     out = Path(out) if out is not None else default_out(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
