@@ -3,6 +3,8 @@
 --model takes a checkpoint .h5, a run folder, an exported folder or a model.onnx; the default is
 the newest run's best checkpoint. Prints one row per image (``--json``: one JSON document). A bad
 image gets a one-line error naming it, the others are still predicted, and the exit status is 1.
+A model that cannot be loaded or run is a one-line error naming the file, exit status 1; a
+malformed command line exits with status 2.
 """
 import argparse
 import json
@@ -24,11 +26,12 @@ def table(rows, attributes):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("images", nargs="+", metavar="IMAGE")
+    ap.add_argument("images", nargs="+", metavar="IMAGE",
+                    help="image files (any size; PNG, JPEG and whatever else Pillow reads); at least one")
     ap.add_argument("--model", help="checkpoint .h5, run folder, exported folder or model.onnx "
                                     "(default: the newest run's best checkpoint)")
     ap.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default: runs)")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     args = ap.parse_args(argv)
 
     from tinyconv.predict import CheckpointError, ImageInputError, ModelSourceError, load
@@ -44,6 +47,9 @@ def main(argv=None):
         except ImageInputError as exc:
             errors.append(str(exc))
             print(f"predict: error: {exc}", file=sys.stderr)
+        except ModelSourceError as exc:  # the model failed to run or gave no probabilities: stop
+            print(f"predict: error: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps({"model": model.source, "kind": model.kind, "attributes": model.attributes,
                           "synthetic": model.synthetic,

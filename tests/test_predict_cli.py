@@ -1,5 +1,6 @@
 """python predict.py: a table or JSON, the same numbers from the checkpoint and the exported ONNX model."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -60,3 +61,54 @@ def test_a_missing_model_is_one_line_and_exit_1(tmp_path, capsys):
     assert predict_cli.main(["x.jpg", "--model", str(tmp_path / "none.h5")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("predict: error:") and len(err.splitlines()) == 1
+
+
+def help_entries(text):
+    """argparse --help text -> {option or positional: its help, lines joined}."""
+    entries, key = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^  (\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if m and not line.startswith("   "):
+            key = m.group(1).split(",")[0].split()[0]
+            entries[key] = m.group(2) or ""
+        elif key and line.startswith("   "):
+            entries[key] = (entries[key] + " " + line.strip()).strip()
+        elif not line.strip():
+            key = None
+    return entries
+
+
+def check_help(text, expected):
+    """Every option and positional has a help line; every option but -h shows its default."""
+    entries = help_entries(text)
+    assert set(expected) <= set(entries), (expected, entries)
+    for key, help_text in entries.items():
+        assert help_text, f"{key} has no help line"
+        if key.startswith("--"):
+            assert "(default: " in help_text, f"{key} does not show its default: {help_text!r}"
+
+
+def test_help_has_a_line_and_a_default_for_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        predict_cli.main(["--help"])
+    assert info.value.code == 0
+    check_help(capsys.readouterr().out, ["IMAGE", "--model", "--runs-dir", "--json"])
+
+
+@pytest.mark.parametrize("argv", [[], ["--model"], ["x.jpg", "--no-such-option"]])
+def test_a_malformed_command_line_exits_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        predict_cli.main(argv)
+    assert info.value.code == 2 and "usage:" in capsys.readouterr().err
+
+
+def test_spoofed_model_files_are_one_line_errors_exit_1(setup, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from test_predict_model import spoofed_models
+    from tinyconv.export.exporter import export
+    run_dir, img = setup
+    export(run_dir, coreml=False, log=lambda *a: None)
+    for case, (path, words) in spoofed_models(run_dir, tmp_path).items():
+        assert predict_cli.main([str(img), "--model", str(path)]) == 1, case
+        err = capsys.readouterr().err
+        assert err.startswith(f"predict: error: {path}") and len(err.strip().splitlines()) == 1, (case, err)
