@@ -155,3 +155,69 @@ def test_summary_of_a_hand_built_model_says_where_the_input_shape_goes():
     assert "(N, 4, 8, 6)" in text and "Trainable params: 112" in text
     built = Sequential([Conv2D(3, 4, 3, padding=1), ReLU(), Flatten()], input_shape=(3, 8, 6))
     assert "(N, 192)" in built.summary(print_fn=None)
+
+
+# --- a stored config and state dict are untrusted input -----------------------------------------
+
+@pytest.mark.parametrize("kwargs", [{}, {"width": 0.25, "num_outputs": 5, "input_shape": (1, 40, 32)},
+                                    {"width": 2.0, "num_outputs": 40}, {"width": 0.01}])
+def test_state_shapes_from_the_config_are_the_built_models(kwargs):
+    from tinyconv.models import STATE_SHAPES
+    model = seed_cnn(**kwargs)
+    shapes = STATE_SHAPES["seed"](**model.config)
+    assert list(shapes.items()) == [(k, v.shape) for k, v in model.state_dict().items()]
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("width", 1e5, r"width must be a number in \(0, 8\], got 100000.0"),
+    ("width", 20, r"width must be .*, got 20"),
+    ("width", 0, "width must be"), ("width", float("nan"), "width must be"), ("width", "1", "width must be"),
+    ("width", True, "width must be"),
+    ("num_outputs", 0, r"num_outputs must be an integer in \[1, 40\], got 0"), ("num_outputs", 41, "num_outputs"),
+    ("num_outputs", 2.5, "num_outputs"),
+    ("input_shape", [3, 16, 16], r"input_shape must be \[C, H, W\] .*got \[3, 16, 16\]"),
+    ("input_shape", [3, 10**6, 10**6], "input_shape"), ("input_shape", [3, 218], "input_shape"),
+    ("input_shape", [64, 218, 178], "input_shape"), ("input_shape", "3x218x178", "input_shape"),
+    ("dropout", 1.0, r"dropout must be a number in \[0, 1\), got 1.0"), ("dropout", -0.1, "dropout"),
+    ("init", "zeros", "init must be one of he_normal"), ("seed", -1, "seed must be"), ("seed", 1.5, "seed"),
+    ("depth", 50, "unknown key 'depth'"), ("architecture", "resnet", "unknown architecture 'resnet'"),
+])
+def test_build_model_checks_the_config_before_allocating(key, value, match):
+    config = {**seed_cnn(input_shape=(3, 32, 32), width=0.125).config, key: value}
+    with pytest.raises(ValueError, match=f"model config: {match}"):
+        build_model(config)
+    del config[key]
+    if key not in ("architecture", "depth"):
+        with pytest.raises(ValueError, match=f"model config: no '{key}'"):
+            build_model(config)
+    with pytest.raises(ValueError, match="model config: expected a dict, got list"):
+        build_model([1, 2])
+
+
+def test_check_state_fits_lists_mismatches_without_building_the_model():
+    import tracemalloc
+    from tinyconv.models import check_state_fits
+    small = seed_cnn(input_shape=(3, 32, 32), width=0.125, seed=1)
+    state = small.state_dict()
+    check_state_fits(small.config, state)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"the weights do not fit the recorded model: conv2d.w has shape "
+                                         r"\(4, 3, 3, 3\), the model expects \(256, 3, 3, 3\);"):
+        check_state_fits({**small.config, "width": 8}, state)          # the model would be ~118 MB
+    assert tracemalloc.get_traced_memory()[1] < 1e6
+    tracemalloc.stop()
+    bad = dict(state, extra=np.zeros(1, np.float32))
+    del bad["dense.b"]
+    bad["dense.w"] = bad["dense.w"].astype(np.int32)
+    bad["conv2d_1.w"] = bad["conv2d_1.w"].copy()
+    bad["conv2d_1.w"][0, 0, 0, 0] = np.inf
+    bad["batchnorm2d.running_var"] = -bad["batchnorm2d.running_var"]
+    bad["batchnorm2d.gamma"] = 1.0
+    with pytest.raises(ValueError) as err:
+        check_state_fits(small.config, bad)
+    parts = ("missing dense.b", "unexpected extra", "batchnorm2d.gamma is a float, not an array",
+             "batchnorm2d.running_var holds negative variances", "conv2d_1.w holds NaN or infinity")
+    assert str(err.value).endswith("; ".join(parts) + " (and 1 more)")          # dense.w's int32 is the 6th
+    del bad["batchnorm2d.gamma"], bad["extra"]
+    with pytest.raises(ValueError, match="dense.w has dtype int32, the model expects floats"):
+        check_state_fits(small.config, bad)
