@@ -9,16 +9,26 @@ import csv
 import numpy as np
 
 from ..backend import to_cpu
-from ..checkpoint import load_checkpoint
-from ..models import build_model
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..models import build_model, check_state_fits
 
 SPLITS = ("train", "validation", "test")
 
 
 def load_model(checkpoint, device="cpu"):
-    """The model in a checkpoint, on ``device``, ready for inference."""
+    """The model in a checkpoint, on ``device``, ready for inference. CheckpointError, naming the
+    file, when the recorded config or the weights are unusable; the config and every weight's shape
+    are checked before the model is built, so a bad file never allocates a model it cannot fill."""
     state = load_checkpoint(checkpoint)
-    model = build_model(state["meta"]["model"])
+    meta = state.get("meta")
+    if not isinstance(meta, dict) or "model" not in meta or "model" not in state:
+        raise CheckpointError(f"checkpoint {checkpoint}: needs a 'meta' section with the model config and a "
+                              "'model' section with the weights (not written by the training loop?)")
+    try:
+        check_state_fits(meta["model"], state["model"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {checkpoint}: {exc}") from None
+    model = build_model(meta["model"])
     model.load_state_dict(state["model"])
     model.to(device)
     return model
