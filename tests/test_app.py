@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app"
 DRIVER = ROOT / "tests" / "browser" / "drive_app.mjs"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# The smallest ModelProto the server takes for a model: ir_version 8 (field 1) and an empty graph (field 7)
+TINY_ONNX = b"\x08\x08\x3a\x00"
 PNG_PROB_TOL = 2e-6   # float32 kernels (wasm vs native); measured <= 2.4e-7
 JPEG_PROB_TOL = 0.02  # JPEG decoders may differ by +-1 per channel
 
@@ -122,7 +124,7 @@ def test_app_command_says_what_is_missing(tmp_path):
     empty.mkdir()
     r = subprocess.run([sys.executable, "-m", "tinyconv.app", "--model", str(empty)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 2 and "has no model.onnx" in r.stderr and "export.py" in r.stderr
+    assert r.returncode == 1 and "has no model.onnx" in r.stderr and "export.py" in r.stderr
     (empty / "model.onnx").write_bytes(b"x")
     bare = tmp_path / "app"
     bare.mkdir()
@@ -131,7 +133,7 @@ def test_app_command_says_what_is_missing(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tinyconv.app", "--model", str(empty), "--app-dir", str(bare)],
                        cwd=ROOT, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 2 and "npm ci" in r.stderr, r.stderr
+    assert r.returncode == 1 and "npm ci" in r.stderr, r.stderr
 
 
 def test_server_serves_only_the_app_files_on_localhost(tmp_path):
@@ -147,7 +149,7 @@ def test_server_serves_only_the_app_files_on_localhost(tmp_path):
         (dist / name).write_bytes(b"\0asm" if name.endswith(".wasm") else b"// js")
     model_dir = tmp_path / "export"
     model_dir.mkdir()
-    (model_dir / "model.onnx").write_bytes(b"onnx")
+    (model_dir / "model.onnx").write_bytes(TINY_ONNX)
     (model_dir / "other.txt").write_text("not served")
     server = make_server(model_dir, port=0, app_dir=app_dir)
     host, port = server.server_address[:2]
@@ -162,7 +164,7 @@ def test_server_serves_only_the_app_files_on_localhost(tmp_path):
         assert get("/?resize=canvas-high")[0] == 200
         assert get("/ort/ort-wasm-simd-threaded.wasm")[1] == "application/wasm"
         assert get("/ort/ort-wasm-simd-threaded.mjs")[1].startswith("text/javascript")
-        assert get("/model/model.onnx")[2] == b"onnx"
+        assert get("/model/model.onnx")[2] == TINY_ONNX
         for bad in ("/ort/secret.txt", "/model/other.txt", "/../setup.cfg", "/model/../../setup.cfg",
                     "/node_modules/onnxruntime-web/package.json", "/tinyconv/app.py"):
             with pytest.raises(urllib.error.HTTPError) as exc:
