@@ -68,6 +68,7 @@ def spoofed_models(exported, tmp_path):
     return {
         "random bytes": (_save(tmp_path, "random", data=os.urandom(4096)), "not an ONNX model"),
         "truncated": (_save(tmp_path, "truncated", data=data[:len(data) // 2]), "not an ONNX model"),
+        "empty file": (_save(tmp_path, "empty", data=b""), "not an ONNX model (no graph"),
         "another model": (_save(tmp_path, "other", _other_model()), "not exported by tinyconv"),
         "another model, tinyconv metadata": (_save(tmp_path, "other_meta", other_with_meta),
                                              "graph takes x float (1, 3, 32, 32)"),

@@ -272,7 +272,7 @@ def _from_checkpoint(path):
     if "num_outputs" in config and config["num_outputs"] != len(attributes):
         raise ModelSourceError(f"{path}: the model has {config['num_outputs']} outputs but its metadata names "
                                f"{len(attributes)} attributes ({', '.join(attributes)})")
-    if "input_shape" in config and list(config["input_shape"])[1:] != list(image_size):
+    if isinstance(config.get("input_shape"), list) and config["input_shape"][1:] != list(image_size):
         raise ModelSourceError(f"{path}: the model's input is {config['input_shape']} but its metadata says "
                                f"image_size {list(image_size)}")
     bad = [name for name, arr in model.state_dict().items() if not np.isfinite(arr).all()]
@@ -340,6 +340,8 @@ def check_onnx(path):
         model = onnx.load_model_from_string(data)
     except DecodeError:
         raise ModelSourceError(f"{path}: not an ONNX model (another kind of file, or damaged or truncated)") from None
+    if not model.HasField("graph"):
+        raise ModelSourceError(f"{path}: not an ONNX model (no graph: an empty file, or another kind of file)")
     if any(t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) for t in _tensors(model.graph)):
         raise ModelSourceError(f"{path}: keeps tensors in external data files; export.py writes one "
                                "self-contained file, and external data is refused")
