@@ -111,3 +111,13 @@ def test_a_closed_pil_image_is_an_image_input_error(model, tmp_path):
         pass
     with pytest.raises(ImageInputError, match="image #0"):
         model.predict([img])
+
+
+def test_a_16bit_photo_keeps_its_exif_orientation(model, tmp_path):
+    a = np.random.default_rng(2).integers(0, 65536, (60, 90)).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to show it
+    path = tmp_path / "sideways16.png"
+    Image.fromarray(a).save(path, exif=exif.tobytes())
+    upright = Image.fromarray((a >> 8).astype(np.uint8)).transpose(Image.Transpose.ROTATE_270)
+    np.testing.assert_array_equal(model.predict([path]), model.predict(upright))
