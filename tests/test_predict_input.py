@@ -121,3 +121,15 @@ def test_a_16bit_photo_keeps_its_exif_orientation(model, tmp_path):
     Image.fromarray(a).save(path, exif=exif.tobytes())
     upright = Image.fromarray((a >> 8).astype(np.uint8)).transpose(Image.Transpose.ROTATE_270)
     np.testing.assert_array_equal(model.predict([path]), model.predict(upright))
+
+
+def test_a_file_system_error_is_not_called_a_damaged_image(model, tmp_path, monkeypatch):
+    path = tmp_path / "face.png"
+    Image.new("RGB", (60, 70)).save(path)
+
+    def denied(*args, **kwargs):  # what open() raises on a file without read permission (tests run as root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(ImageInputError, match=r"face.png: cannot read the file \(Permission denied\)$"):
+        model.predict([path])
