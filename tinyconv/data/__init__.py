@@ -11,7 +11,7 @@ Command line: ``python -m tinyconv.data prepare ROOT --out FILE.h5`` and
 from .batches import Batch, BatchIterator, epoch_order
 from .celeba import ATTRIBUTE_NAMES, DEFAULT_ATTRIBUTES, detect_layout
 from .dataset import SYNTHETIC_WARNING, Dataset, load_dataset
-from .errors import DataError
+from .errors import DataError, UsageError
 from .prepare import prepare
 from .resize import FULL_SIZE, RESIZE_FILTER, RESIZE_POLICY, crop_box, resize_to_model
 from .synthetic import DEFAULT_COUNT as DEFAULT_SYNTHETIC_COUNT
@@ -21,5 +21,5 @@ __all__ = [
     "ATTRIBUTE_NAMES", "Batch", "BatchIterator", "DEFAULT_ATTRIBUTES", "DEFAULT_SYNTHETIC_COUNT",
     "DataError", "Dataset", "FULL_SIZE", "RESIZE_FILTER", "RESIZE_POLICY", "SYNTHETIC_WARNING",
     "crop_box", "detect_layout", "epoch_order", "load_dataset", "prepare", "resize_to_model",
-    "synthesize",
+    "synthesize", "UsageError",
 ]

@@ -33,6 +33,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 FULL_SIZE = (218, 178)  # (H, W) of CelebA's aligned images
+# Decompression-bomb guard, shared by prepare (training images) and predict (photos): an image whose
+# header says more pixels than this is refused before a pixel is decoded. 50 megapixels: a 12 MP
+# phone photo is far below; a decoded RGB image at the limit is 150 MB.
+MAX_PIXELS = 50_000_000
 RESIZE_FILTER = "BILINEAR"
 RESIZE_POLICY = ("apply the EXIF orientation, convert to RGB (alpha composited on white), centre-crop to the target W:H aspect "
                  "ratio (crop size rounded half-up, offsets floored), then resize with Pillow's "
