@@ -1,12 +1,23 @@
-"""Command line: ``python -m tinyconv.data prepare|synthesize ...`` (a thin wrapper)."""
+"""Command line: ``python -m tinyconv.data prepare|synthesize ...`` (a thin wrapper).
+
+Every option is checked when the command line is parsed (range, finiteness, what a path may be).
+Exit status: 0 done, 1 failed (bad data, disk full: one line naming the file), 2 a usage error
+(a bad option: argparse's usage line and one error line naming the option or the file),
+130 interrupted.
+"""
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 
 from .celeba import DEFAULT_ATTRIBUTES
-from .errors import DataError
-from .prepare import prepare
+from .errors import DataError, UsageError
+from .prepare import MAX_IMAGE_SIDE, MAX_WORKERS, prepare
 from .resize import FULL_SIZE
-from .synthetic import DEFAULT_COUNT, synthesize
+from .synthetic import DEFAULT_COUNT, MAX_COUNT, synthesize
+
+PROG = "python -m tinyconv.data"
 
 
 def _size(text):
@@ -14,32 +25,108 @@ def _size(text):
         h, w = (int(p) for p in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW such as 218x178 or 54x44, got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise argparse.ArgumentTypeError(f"each side must be from 1 to {MAX_IMAGE_SIDE}, got {text!r}")
     return (h, w)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tinyconv.data", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    pp = sub.add_parser("prepare", help="decode a CelebA root (any layout) into one HDF5 file")
-    pp.add_argument("root", help="CelebA folder: official, torchvision (ROOT/celeba/) or Kaggle layout")
-    pp.add_argument("--out", required=True, help="the .h5 file to write")
+def _int_in(lo, hi=None):
+    """An argparse type: an integer in [lo, hi] (no upper bound when hi is None)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {v}" if hi is not None
+                                             else f"must be at least {lo}, got {v}")
+        return v
+    return parse
+
+
+def _label_noise(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or not 0 <= v <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 0.5, got {text!r}")
+    return v
+
+
+def _existing_folder(text):
+    p = Path(text)
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {'not a folder' if p.exists() else 'no such folder'}")
+    return p
+
+
+def _output_file(text):
+    p = Path(text)
+    if not text or p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: is a folder; give the path of the .h5 file to write")
+    return p
+
+
+def _new_folder(text):
+    p = Path(text)
+    if not text or (p.exists() and (not p.is_dir() or any(p.iterdir()))):
+        raise argparse.ArgumentTypeError(f"{text!r}: already exists and is "
+                                         f"{'not empty' if p.is_dir() else 'not a folder'}; choose a new folder")
+    return p
+
+
+def _attribute(text):
+    if not text or text != text.strip() or "," in text:
+        raise argparse.ArgumentTypeError(f"expected an attribute name such as Smiling, got {text!r}")
+    return text
+
+
+def build_parser():
+    """The parser and its two subparsers, as {"": top, "prepare": ..., "synthesize": ...}."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,synthesize}")
+    pp = sub.add_parser("prepare", help="decode a CelebA root (any layout) into one HDF5 file",
+                        description="Decode a CelebA root (any layout) into one HDF5 file.")
+    pp.add_argument("root", type=_existing_folder,
+                    help="CelebA folder: official, torchvision (ROOT/celeba/) or Kaggle layout")
+    pp.add_argument("--out", required=True, type=_output_file, metavar="FILE.h5",
+                    help="the .h5 file to write; an existing file is replaced only if it is a tinyconv "
+                         "prepared file (required)")
     pp.add_argument("--image-size", type=_size, default=FULL_SIZE, metavar="HxW",
-                    help="stored image size, default 218x178; e.g. 109x89 or 54x44 for CPU training")
-    pp.add_argument("--attributes", nargs="+", default=list(DEFAULT_ATTRIBUTES),
-                    help="attribute names to keep, in label order (default: Eyeglasses Male Smiling)")
-    pp.add_argument("--keep-blurry", action="store_true", help="keep images labelled Blurry")
-    pp.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+                    help=f"stored image size, each side 1 to {MAX_IMAGE_SIDE}; e.g. 109x89 or 54x44 for CPU "
+                         f"training (default: {FULL_SIZE[0]}x{FULL_SIZE[1]})")
+    pp.add_argument("--attributes", nargs="+", type=_attribute, default=list(DEFAULT_ATTRIBUTES),
+                    metavar="NAME", help="attribute names to keep, in label order "
+                                         f"(default: {' '.join(DEFAULT_ATTRIBUTES)})")
+    pp.add_argument("--keep-blurry", action="store_true",
+                    help="keep images labelled Blurry (default: off, they are dropped)")
+    pp.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=None, metavar="N",
+                    help=f"decoding threads, 1 to {MAX_WORKERS} (default: all cores)")
     pp.add_argument("--strict-size", action="store_true",
-                    help="fail on an image that is not 218x178 instead of resizing it by the policy")
-    ps = sub.add_parser("synthesize", help="draw the synthetic stand-in set (NOT CelebA) in CelebA's layout")
-    ps.add_argument("out", help="new folder to write")
-    ps.add_argument("--count", type=int, default=DEFAULT_COUNT)
-    ps.add_argument("--seed", type=int, default=0)
-    ps.add_argument("--label-noise", type=float, default=0.03)
-    ps.add_argument("--workers", type=int, default=None, help="drawing processes (default: all cores)")
-    args = p.parse_args(argv)
+                    help="fail on an image that is not 218x178 instead of resizing it by the policy "
+                         "(default: off)")
+    ps = sub.add_parser("synthesize", help="draw the synthetic stand-in set (NOT CelebA) in CelebA's layout",
+                        description="Draw the synthetic stand-in set (NOT CelebA) in CelebA's file layout.")
+    ps.add_argument("out", type=_new_folder, help="new (or empty) folder to write")
+    ps.add_argument("--count", type=_int_in(1, MAX_COUNT), default=DEFAULT_COUNT, metavar="N",
+                    help=f"number of images, 1 to {MAX_COUNT} (default: {DEFAULT_COUNT})")
+    ps.add_argument("--seed", type=_int_in(0), default=0, metavar="S",
+                    help="non-negative seed; image i is drawn from default_rng([S, i]) (default: 0)")
+    ps.add_argument("--label-noise", type=_label_noise, default=0.03, metavar="P",
+                    help="label flip rate, 0 to 0.5; each label flips with probability "
+                         "P * 2 * min(rate, 1 - rate) (default: 0.03)")
+    ps.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=None, metavar="N",
+                    help=f"drawing processes, 1 to {MAX_WORKERS} (default: all cores)")
+    return {"": p, "prepare": pp, "synthesize": ps}
+
+
+def main(argv=None):
+    parsers = build_parser()
+    args = parsers[""].parse_args(argv)
+    sub = parsers[args.command]
+    if args.command == "prepare" and len(set(args.attributes)) != len(args.attributes):
+        sub.error(f"argument --attributes: a name is given twice: {' '.join(args.attributes)}")
     try:
         if args.command == "prepare":
             out = prepare(args.root, args.out, image_size=args.image_size, attributes=args.attributes,
@@ -50,9 +137,21 @@ def main(argv=None):
             out = synthesize(args.out, count=args.count, seed=args.seed, label_noise=args.label_noise,
                              workers=args.workers)
             print(f"wrote {out} ({args.count} SYNTHETIC faces in the CelebA layout; not CelebA)")
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UsageError as exc:
+        sub.print_usage(sys.stderr)
+        print(f"{sub.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except (DataError, OSError) as exc:
+        print(f"{sub.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        if getattr(exc, "hdf5_unclosed", False):
+            # HDF5 could not close the failed file and would crash at interpreter exit: leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{sub.prog}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -25,7 +25,10 @@ attributes are random with roughly CelebA's rates, kept consistent with the draw
 drawn (hair colour, beard, open mouth). Image ``i`` is drawn from ``default_rng([seed, i])``: the
 same seed gives the same files however many workers draw them.
 """
+import math
+import numbers
 import os
+import secrets
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,7 +38,7 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from .celeba import ATTRIBUTE_NAMES, SYNTHETIC_MARKER
-from .errors import DataError
+from .errors import DataError, UsageError
 
 H, W = 218, 178
 RATES = {"Eyeglasses": 0.065, "Male": 0.42, "Smiling": 0.48, "Blurry": 0.05}
@@ -51,6 +54,9 @@ _OTHER_RATES = {
 HAIR = {"Black_Hair": (25, 20, 18), "Brown_Hair": (95, 60, 35), "Blond_Hair": (200, 165, 95),
         "Gray_Hair": (150, 148, 145)}
 DEFAULT_COUNT = 3000
+MAX_COUNT = 999_999      # file names stay CelebA's six digits
+MAX_WORKERS = 256
+BYTES_PER_IMAGE = 32_000  # an upper bound for the free-space check (the JPEGs average about 11 kB)
 PARTITION_FRACTIONS = (0.8, 0.1, 0.1)
 
 _Y, _X = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -294,37 +300,63 @@ def synthesize(out, count=DEFAULT_COUNT, seed=0, label_noise=0.03, workers=None,
     """Write ``count`` synthetic faces in the official CelebA layout into the new folder ``out``.
 
     A stand-in for testing and teaching, never CelebA (see the module docstring). The folder is
-    built under a temporary name beside ``out`` and renamed when complete, so an interrupted run
-    never leaves a folder that looks finished. Returns ``Path(out)``.
+    built under a unique temporary name beside ``out`` and renamed when complete, so an interrupted
+    or failed run (Ctrl-C, disk full) never leaves a folder that looks finished. Returns ``Path(out)``.
+    Bad arguments (and an ``out`` that is a file or a non-empty folder) raise UsageError; a failed
+    write raises DataError.
     """
     out = Path(out)
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if not 0 <= label_noise <= 0.5:
-        raise ValueError(f"label_noise must be in [0, 0.5], got {label_noise}")
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: already exists and is not empty; choose a new folder")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    count, seed, label_noise, workers, quality = check_options(count, seed, label_noise, workers, quality)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out}: already exists and is {'not a folder' if not out.is_dir() else 'not empty'}; "
+                         "choose a new folder")
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    need, free = count * BYTES_PER_IMAGE, shutil.disk_usage(parent).free
+    if need > free:
+        raise DataError(f"{parent}: not enough free space for {count} synthetic images: they need up to "
+                        f"{need / 1e3:,.0f} kB, {free / 1e3:,.0f} kB free")
+    tmp = parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"  # unique: never shared
     img_dir = tmp / "img_align_celeba"
-    img_dir.mkdir(parents=True)
     try:
+        img_dir.mkdir(parents=True)
         rows = _draw_all(img_dir, seed, count, label_noise, quality, workers, progress)
         _write_annotations(tmp, rows, seed, label_noise)
         if out.exists():
-            out.rmdir()
+            out.rmdir()  # empty (checked above); fails if another process filled it meanwhile
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # disk full, or another process wrote ``out`` meanwhile
+            raise DataError(f"{out}: writing failed: {' '.join(str(exc).split())}; the partial folder "
+                            "was removed") from None
         raise
     return out
 
 
+def check_options(count, seed, label_noise, workers, quality=92):
+    """The options of :func:`synthesize`, checked (UsageError naming the option) and normalised."""
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not integer(count) or not 1 <= count <= MAX_COUNT:
+        raise UsageError(f"count must be an integer from 1 to {MAX_COUNT}, got {count!r}")
+    if not integer(seed) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(label_noise, numbers.Real) or not math.isfinite(label_noise) or \
+            not 0 <= label_noise <= 0.5:
+        raise UsageError(f"label_noise must be a number from 0 to 0.5, got {label_noise!r}")
+    if workers is not None and (not integer(workers) or not 1 <= workers <= MAX_WORKERS):
+        raise UsageError(f"workers must be an integer from 1 to {MAX_WORKERS} (or None), got {workers!r}")
+    if not integer(quality) or not 1 <= quality <= 95:
+        raise UsageError(f"quality must be an integer from 1 to 95, got {quality!r}")
+    return int(count), int(seed), float(label_noise), workers, int(quality)
+
+
 def _draw_all(img_dir, seed, count, label_noise, quality, workers, progress):
-    workers = workers or max(1, os.cpu_count() or 1)
+    workers = workers or max(1, min(os.cpu_count() or 1, MAX_WORKERS))
     step = 50
     ranges = [(s, min(s + step, count)) for s in range(0, count, step)]
+    workers = min(workers, len(ranges))
     rows = np.empty((count, len(ATTRIBUTE_NAMES)), dtype=np.int8)
     with tqdm(total=count, desc="synthesize", unit="img", disable=not progress) as bar:
         if workers == 1:
