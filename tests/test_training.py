@@ -163,7 +163,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         return real_step(batch)
 
     run.step = step
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last good checkpoint"):
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last.h5 \(the end of epoch 1.*kept"):
         run.train()
     state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.h5")
     assert state["progress"]["epoch"] == 1
@@ -202,8 +202,8 @@ def run_cli(*args, cwd, **kw):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--epochs", "0"], "epochs must be at least 1"),
-    (["--image-size", "10x10"], "at least 32x32"),
+    (["--epochs", "0"], "argument --epochs: must be in [1, inf), got 0"),
+    (["--image-size", "10x10"], "each side must be 32 to 4096"),
     (["--image-size", "big"], "expected HxW"),
     (["--factor", "1"], "factor"),
     (["--batch-size", "64", "--max-batch-size", "32"], "max_batch_size"),

@@ -33,11 +33,33 @@ from . import __version__
 from .backend import gpu_status, to_cpu, xp_for
 from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import BCEWithLogits
-from .models import build_model, seed_cnn
+from .models import MAX_INPUT_SIDE, MAX_WIDTH, MIN_INPUT_SIDE, build_model, check_state_fits, seed_cnn
 from .optim import SGD, Adam
+from .rundir import atomic_write_text, lock_run, remove_leftovers, write_experiment_file
 from .schedules import SCHEDULES, make_schedule
 
 ATTRIBUTES = ("Eyeglasses", "Male", "Smiling")
+
+
+# The ranges TrainConfig accepts (train.py checks the same at parse time); the model's own in models.py.
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = MIN_INPUT_SIDE, MAX_INPUT_SIDE
+MIN_SYNTHETIC = 30              # the built-in set's three splits need a few images each
+
+
+def _check_int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer of at least {lo}, got {v!r}")
+
+
+def _check_number(name, v, lo, hi, lo_open, hi_open):
+    ok = isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and lo is not None:
+        ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None:
+        ok = v < hi if hi_open else v <= hi
+    if not ok:
+        span = f"{'(' if lo_open else '['}{lo}, {'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}"
+        raise ValueError(f"{name} must be a finite number in {span}, got {v!r}")
 
 
 class TrainingError(RuntimeError):
@@ -89,17 +111,40 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}: expected adam or sgd")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"unknown device {self.device!r}: expected cpu or gpu")
+        for name, lo in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_batch_size", 1),
+                         ("patience", 0), ("cooldown", 0), ("seed", 0)):
+            _check_int(name, getattr(self, name), lo)
+        for name, lo, hi, lo_open, hi_open in (("lr", 0, None, True, False), ("factor", 1, None, True, False),
+                                               ("min_delta", 0, None, False, False), ("min_lr", 0, None, False, False),
+                                               ("momentum", 0, 1, False, True), ("adam_eps", 0, None, True, False),
+                                               ("width", 0, MAX_WIDTH, True, False), ("dropout", 0, 1, False, True)):
+            _check_number(name, getattr(self, name), lo, hi, lo_open, hi_open)
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr:g}) is above lr ({self.lr:g})")
+        if len(self.image_size) != 2 or not all(MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in self.image_size):
+            raise ValueError(f"image_size must be H, W each in [{MIN_IMAGE_SIDE}, {MAX_IMAGE_SIDE}] (the five pooling "
+                             f"blocks need at least 32), got {self.image_size}")
+        if not self.attributes or len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"attributes must be distinct names, at least one, got {list(self.attributes)}")
+        if self.pos_weight is not None:
+            if len(self.pos_weight) != len(self.attributes):
+                raise ValueError(f"pos_weight needs one weight per attribute ({len(self.attributes)}: "
+                                 f"{', '.join(self.attributes)}), got {len(self.pos_weight)}")
+            for w in self.pos_weight:
+                _check_number("pos_weight", w, 0, None, True, False)
+        if self.milestones and (self.milestones[0] < 1 or any(b <= a for a, b in zip(self.milestones,
+                                                                                     self.milestones[1:]))):
+            raise ValueError(f"milestones must be increasing epochs from 1 on, got {list(self.milestones)}")
         if self.max_batch_size < self.batch_size:
             raise ValueError(f"max_batch_size ({self.max_batch_size}) is below batch_size ({self.batch_size})")
         if self.tf32 and self.device != "gpu":
             raise ValueError("tf32 applies to device 'gpu' only")
-        if self.max_micro_batch is not None and self.max_micro_batch < 1:
-            raise ValueError(f"max_micro_batch must be at least 1, got {self.max_micro_batch}")
+        if self.max_micro_batch is not None:
+            _check_int("max_micro_batch", self.max_micro_batch, 1)
+        if self.synthetic_count is not None:
+            _check_int("synthetic_count", self.synthetic_count, MIN_SYNTHETIC)
 
     def to_json(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -299,7 +344,8 @@ class Run:
         info = {"config": self.cfg.to_json(), "model": self.model.config,
                 "num_params": self.model.num_params(), "data": data_facts(self.ds),
                 "device": device_facts(self.cfg.device), "versions": versions(),
-                "command": " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "command": " ".join(sys.argv), "cwd": os.getcwd(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(self.dir / "config.json", json.dumps(info, indent=2) + "\n")
 
     def meta(self):
@@ -322,12 +368,24 @@ class Run:
                          "images_seen": self.images_seen, "wall_time": self.wall_time,
                          "batch_size": self.batch_size, "lr": self.lr,
                          "best_val_loss": finite_or_none(self.best_val_loss), "best_epoch": self.best_epoch,
-                         "pending_change": self.pending_change, "accum": self.accum},
+                         "pending_change": self.pending_change, "accum": self.accum,
+                         "log_bytes": self._log_bytes()},
             "metrics": self.metrics,
         }
 
     def save(self, name):
-        save_checkpoint(self.ckpt_dir / f"{name}.h5", self.state(), meta=self.meta())
+        path = self.ckpt_dir / f"{name}.h5"
+        try:
+            save_checkpoint(path, self.state(), meta=self.meta())
+        except OSError as exc:
+            kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written before"
+            raise TrainingError(f"could not write {path} ({exc.strerror or exc}); {kept}") from None
+
+    def _log_bytes(self):
+        try:
+            return (self.dir / "train.log").stat().st_size
+        except OSError:
+            return 0
 
     def load_state(self, state):
         self.model.load_state_dict(state["model"])
@@ -344,26 +402,74 @@ class Run:
         self.pending_change = p["pending_change"]
         self.accum = p["accum"]
         self.metrics = list(state["metrics"])
+        self._log_size_at_save = p.get("log_bytes")
         self._rewrite_metric_files()
 
     @classmethod
-    def resume(cls, run_dir, ds_loader, epochs=None, progress=None):
-        """Rebuild a run from ``run_dir/config.json`` and continue from ``checkpoints/last.h5``."""
+    def resume(cls, run_dir, ds_loader, epochs=None, progress=None, overrides=None):
+        """Rebuild a run from ``run_dir/config.json`` and continue from ``checkpoints/last.h5``.
+
+        ``overrides``: settings that may change on resume without changing the run (``epochs``,
+        ``progress``, ``device``, ``data`` for a moved copy, ...; train.py decides which). The data
+        opened must be the data the run trained on (same fingerprint), wherever it now lies."""
         run_dir = Path(run_dir)
         config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.h5"
         if not config_file.is_file() or not last.is_file():
             raise TrainingError(f"{run_dir}: cannot resume: needs config.json and checkpoints/last.h5")
-        info = json.loads(config_file.read_text())
+        info = read_config(run_dir)
         cfg = TrainConfig.from_json(info["config"])
+        overrides = dict(overrides or {})
         if epochs is not None:
-            cfg.epochs = epochs
+            overrides["epochs"] = epochs
         if progress is not None:
-            cfg.progress = progress
+            overrides["progress"] = progress
+        if "data" not in overrides:
+            cfg.data, cfg.cache_dir = saved_data_paths(info)
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
         state = load_checkpoint(last)
+        for section in ("meta", "model", "optimizer", "schedule", "rng", "progress", "metrics"):
+            if section not in state:
+                raise TrainingError(f"{last}: has no {section!r} section: not a training checkpoint of tinyconv "
+                                    "(or written by a version that cannot be resumed)")
+        try:
+            check_state_fits(state["meta"]["model"], state["model"])    # before anything is allocated
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TrainingError(f"{last}: does not fit the run in {run_dir} ({exc})") from None
         ds = ds_loader(cfg)
-        run = cls(cfg, run_dir, ds, model=build_model(state["meta"]["model"]))
-        run.load_state(state)
+        check_same_data(info, ds, run_dir)
+        try:
+            run = cls(cfg, run_dir, ds, model=build_model(state["meta"]["model"]))
+            run.load_state(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TrainingError(f"{last}: does not fit the run in {run_dir} ({exc})") from None
+        run.resumed = True
         return run
+
+    def _repair_best(self):
+        """best.h5 must hold the best epoch that last.h5 records. best is written before last, so a crash
+        between the two leaves best ahead, never behind; a best.h5 left behind by an older tinyconv
+        (which wrote last first) is rebuilt from last.h5 when last.h5 is that epoch's state."""
+        from .checkpoint import CheckpointError, read_checkpoint_meta
+        best, last = self.ckpt_dir / "best.h5", self.ckpt_dir / "last.h5"
+        if self.best_epoch is None:
+            return
+        try:
+            best_epoch = read_checkpoint_meta(best).get("epoch") if best.is_file() else None
+        except (CheckpointError, OSError, ValueError):
+            best_epoch = None
+        if best_epoch is not None and best_epoch >= self.best_epoch:
+            return
+        if self.best_epoch == self.epoch and self.batch == 0:
+            import shutil
+            tmp = best.with_name(f"best.h5.tmp-{os.getpid()}")
+            shutil.copyfile(last, tmp)
+            os.replace(tmp, best)
+            self.log(f"repaired {best}: it held epoch {best_epoch}, the best epoch is {self.best_epoch} "
+                     "(copied from last.h5, written at that epoch's end)")
+        else:
+            self.log(f"WARNING: {best} holds epoch {best_epoch} but the best epoch was {self.best_epoch}, and "
+                     "last.h5 is past it: best.h5 cannot be repaired (it is the best checkpoint on disk)")
 
     def _rewrite_metric_files(self):
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -385,6 +491,13 @@ class Run:
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def _truncate_log(self, size):
+        """Drop train.log lines written after the checkpoint being resumed (their epochs run again)."""
+        path = self.dir / "train.log"
+        if size is not None and path.is_file() and path.stat().st_size > size:
+            with open(path, "r+b") as f:
+                f.truncate(size)
+
     def log(self, text):
         with open(self.dir / "train.log", "a") as f:
             f.write(text + "\n")
@@ -392,7 +505,12 @@ class Run:
 
     # --- training ------------------------------------------------------------------------------
     def train(self):
-        """Run the remaining epochs. Ctrl-C saves the exact position to last.h5 and re-raises."""
+        """Run the remaining epochs. Ctrl-C saves the exact position to last.h5 and re-raises.
+        The caller holds the folder's lock (``run_experiment``); a killed write's temporary files go."""
+        for name in remove_leftovers(self.dir):
+            write_line(f"removed {name}, left by a write that was interrupted")
+        if getattr(self, "resumed", False):
+            self._truncate_log(self._log_size_at_save)
         if self.epoch == 0 and self.batch == 0:
             self.write_config()
             self.log(f"run {self.dir}: schedule {self.cfg.schedule}, {self.cfg.epochs} epochs, batch "
@@ -406,15 +524,16 @@ class Run:
                          "these are NOT CelebA results")
         else:
             self.log(f"resuming {self.dir} at epoch {self.epoch + 1}, batch {self.batch}")
+            self._repair_best()
         with StopRequest() as self.stop:
             while self.epoch < self.cfg.epochs:
                 try:
                     self.stop.check()
                     self.train_epoch()
-                except KeyboardInterrupt:
+                except KeyboardInterrupt:     # only ever raised at a step boundary (StopRequest)
+                    self.log(f"interrupted at epoch {self.epoch + 1}, batch {self.batch}: saving the position to "
+                             f"{self.ckpt_dir / 'last.h5'}; continue with --resume {self.dir}")
                     self.save("last")
-                    self.log(f"interrupted: saved {self.ckpt_dir / 'last.h5'} at epoch {self.epoch + 1}, "
-                             f"batch {self.batch}; continue with --resume {self.dir}")
                     raise
                 self.end_epoch()
         return self.metrics
@@ -462,10 +581,13 @@ class Run:
 
     def _account(self, loss_value, n, bar):
         if not math.isfinite(loss_value):
+            last = self.ckpt_dir / "last.h5"
+            kept = (f"{last} (the end of epoch {self.epoch} or a later step) and best.h5 are kept"
+                    if last.is_file() else "no checkpoint had been written yet")
             raise TrainingError(
                 f"the training loss became {loss_value} at epoch {self.epoch + 1}, batch {self.batch} "
-                f"(lr {self.lr:g}, batch size {self.batch_size}); stopped. The last good checkpoint "
-                f"{self.ckpt_dir / 'last.h5'} is kept: resume from it with a lower --lr")
+                f"(lr {self.lr:g}, batch size {self.batch_size}); stopped: {kept}. Resuming would diverge "
+                f"again with the same settings: train anew with a lower --lr (--run-dir elsewhere, or --overwrite)")
         self.accum["loss_sum"] += loss_value * n
         if bar is not None:
             seen = max(self.accum["seen"], 1)
@@ -544,24 +666,15 @@ class Run:
             self.pending_change = str(change)
             self.log(f"schedule change: {change}")
         self.batch, self.accum = 0, self._fresh_accum()
+        if improved:                # best first: a crash between the two leaves best ahead of last, never
+            self.save("best")       # behind (resume then redoes the epoch, which writes best again)
         self.save("last")
-        if improved:
-            self.save("best")
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 def finite_or_none(v):
     return None if v is None or not math.isfinite(v) else float(v)
-
-
-def atomic_write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def versions():
@@ -601,10 +714,30 @@ def write_line(text):
     sys.stdout.flush()
 
 
+class StopNow(BaseException):
+    """A second Ctrl-C: stop at once, save nothing (not a KeyboardInterrupt, so no handler saves)."""
+
+
+# What a second Ctrl-C does: "raise" StopNow (for library use: a notebook keeps its kernel), or "exit"
+# the process at once with code 130 (train.py sets this: the process is ending anyway).
+SECOND_SIGNAL = "raise"
+
+
+def _second_signal(signum=None, frame=None):
+    if SECOND_SIGNAL == "exit":
+        os.write(2, b"\nstopped at once (second Ctrl-C); the last checkpoint written is kept\n")
+        os._exit(130)
+    raise StopNow("stopped at once by a second Ctrl-C; the last checkpoint written is kept")
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the next safe point (between two steps,
-    never inside an optimizer update), where it saves the exact position. A second Ctrl-C stops at
-    once. SIGKILL cannot be caught: a killed run resumes from its last checkpoint."""
+    never inside an optimizer update), where it saves the exact position. The handler only sets a
+    flag, which the loop reads at step boundaries (``check``). A second Ctrl-C stops at once, saving
+    nothing (``SECOND_SIGNAL``: raise StopNow, or exit with code 130 as train.py does, also after the
+    first stop was honoured): the last checkpoint written stays as it was (a checkpoint write it
+    interrupts leaves only a temporary file, removed on the next start). SIGKILL cannot be caught: a
+    killed run resumes from its last checkpoint."""
 
     def __init__(self):
         self.requested = False
@@ -620,7 +753,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            _second_signal()
         self.requested = True
         write_line("stopping after this step (Ctrl-C again to stop at once)")
 
@@ -629,8 +762,8 @@ class StopRequest:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
+        for sig, handler in self.old.items():     # after a stop, a further signal is a second one
+            signal.signal(sig, _second_signal if self.requested and SECOND_SIGNAL == "exit" else handler)
         return False
 
 
@@ -650,26 +783,72 @@ def write_comparison(run_dirs, out_dir, ds, device="cpu"):
     return evaluate_runs(run_dirs, out=out_dir, device=device, datasets=(ds,), progress=False)["table"]
 
 
-def run_experiment(cfg, schedules, run_dir, resume=False):
+def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None):
     """Train each schedule from the same initial weights and data order into ``run_dir/<schedule>``
-    (or ``run_dir`` itself for a single schedule); returns the run folders."""
+    (or ``run_dir`` itself for a single schedule); returns the run folders. Holds the folders' locks
+    (tinyconv/rundir.py) throughout. ``resume``: continue each run that has a last.h5 (``overrides``
+    as for :meth:`Run.resume`)."""
     run_dir = Path(run_dir)
     single = len(schedules) == 1
-    ds = open_data(cfg)
-    dirs = []
+    dirs = [run_dir] if single else [run_dir / name for name in schedules]
+    locks = lock_run(run_dir) if single else lock_run(run_dir, experiment=True)
     try:
-        for name in schedules:
-            d = run_dir if single else run_dir / name
-            if resume and (d / "checkpoints" / "last.h5").is_file():
-                run = Run.resume(d, lambda c: ds, epochs=cfg.epochs, progress=cfg.progress)
-            else:
-                c = TrainConfig.from_json({**cfg.to_json(), "schedule": name})
-                run = Run(c, d, ds)
-            run.train()
-            dirs.append(d)
         if not single:
-            table = write_comparison(dirs, run_dir, ds, cfg.device)
-            write_line("\n" + table + f"\n\nwrote {run_dir / 'report.md'}, comparison.md/.csv and the plots")
+            locks += [lock for d in dirs for lock in lock_run(d, experiment=run_dir)]
+            if not resume or not (run_dir / "experiment.json").is_file():
+                write_experiment_file(run_dir, schedules)
+        ds = open_data(cfg)
+        try:
+            for name, d in zip(schedules, dirs):
+                if resume and (d / "checkpoints" / "last.h5").is_file():
+                    run = Run.resume(d, lambda c: ds, overrides=overrides)
+                else:
+                    c = TrainConfig.from_json({**cfg.to_json(), "schedule": name})
+                    run = Run(c, d, ds)
+                run.train()
+            if not single:
+                table = write_comparison(dirs, run_dir, ds, cfg.device)
+                write_line("\n" + table + f"\n\nwrote {run_dir / 'report.md'}, comparison.md/.csv and the plots")
+        finally:
+            ds.close()
     finally:
-        ds.close()
+        for lock in locks:
+            lock.release()
     return dirs
+
+
+def read_config(run_dir):
+    """A run's config.json as a dict; TrainingError naming the file when it is unreadable."""
+    path = Path(run_dir) / "config.json"
+    try:
+        info = json.loads(path.read_text())
+        TrainConfig.from_json(info["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"{path}: not a readable run configuration ({exc})") from None
+    return info
+
+
+def saved_data_paths(info):
+    """(data, cache_dir) of a saved config, made to work from any working folder: the prepared file the
+    run used (config.json's data.path) if it is still there, else the saved paths, relative ones taken
+    from the folder the run was started in (config.json's cwd) when they exist there."""
+    cfg, cwd = info["config"], info.get("cwd")
+
+    def locate(p):
+        if p is None or Path(p).is_absolute() or cwd is None:
+            return p
+        there = Path(cwd) / p
+        return str(there) if there.exists() or not Path(p).exists() else p
+    prepared = locate(info.get("data", {}).get("path"))
+    if prepared and Path(prepared).is_file():
+        return prepared, locate(cfg.get("cache_dir", "data"))
+    return locate(cfg.get("data")), locate(cfg.get("cache_dir", "data"))
+
+
+def check_same_data(info, ds, run_dir):
+    """The data opened for a resume must be what the run trained on (fingerprint in config.json)."""
+    saved = info.get("data", {}).get("fingerprint")
+    if saved and ds.fingerprint != saved:
+        raise TrainingError(f"{run_dir}: the data opened ({ds.path}) is not the data this run trained on "
+                            f"(fingerprint {str(ds.fingerprint)[:16]}, saved {saved[:16]} in config.json); pass "
+                            "--data with the original data (a moved copy is fine)")
