@@ -28,15 +28,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="+", metavar="IMAGE",
                     help="image files (any size; PNG, JPEG and whatever else Pillow reads); at least one")
-    ap.add_argument("--model", help="checkpoint .h5, run folder, exported folder or model.onnx "
-                                    "(default: the newest run's best checkpoint)")
+    ap.add_argument("--model", help="checkpoint .h5, run folder, experiment folder (its run with the lowest "
+                                    "validation loss), exported folder or model.onnx (default: the newest run's "
+                                    "best checkpoint)")
     ap.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default: runs)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     args = ap.parse_args(argv)
 
     from tinyconv.predict import CheckpointError, ImageInputError, ModelSourceError, load
     try:
-        model = load(args.model, runs_dir=args.runs_dir)
+        model = load(args.model, runs_dir=args.runs_dir, announce=lambda line: print(line, file=sys.stderr))
     except (ModelSourceError, CheckpointError, OSError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 1

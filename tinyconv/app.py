@@ -64,7 +64,8 @@ class AppError(Exception):
 
 
 def find_model_dir(model=None, runs_dir="runs"):
-    """The folder holding model.onnx, from --model (folder, model.onnx or run folder) or the newest export."""
+    """The folder holding model.onnx, from --model (folder, model.onnx, run folder, or experiment folder: its
+    run with the lowest validation loss) or the newest export."""
     if model is None:
         exports = sorted(Path(runs_dir).glob("*/export/model.onnx"), key=lambda p: p.stat().st_mtime)
         exports += sorted(Path(runs_dir).glob("*/*/export/model.onnx"), key=lambda p: p.stat().st_mtime)
@@ -84,6 +85,18 @@ def find_model_dir(model=None, runs_dir="runs"):
         return path
     if (path / "export" / "model.onnx").is_file():
         return path / "export"
+    from .export.source import ModelSourceError, choose_run, runs_in
+    if path.is_dir() and runs_in(path) and runs_in(path) != [path]:      # an experiment folder
+        try:
+            choice = choose_run(path)
+        except ModelSourceError as exc:
+            raise AppError(str(exc)) from None
+        for line in choice.describe():
+            print(line)
+        if (choice.run_dir / "export" / "model.onnx").is_file():
+            return choice.run_dir / "export"
+        raise AppError(f"{choice.run_dir} (the run taken from {path}) has no export/model.onnx: export it first "
+                       f"(python export.py {path})")
     raise AppError(f"{path} has no model.onnx: export the run first "
                    f"(python export.py RUN --out {path}) or pass the folder export.py wrote")
 

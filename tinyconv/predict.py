@@ -275,10 +275,6 @@ def _from_checkpoint(path):
     if isinstance(config.get("input_shape"), list) and config["input_shape"][1:] != list(image_size):
         raise ModelSourceError(f"{path}: the model's input is {config['input_shape']} but its metadata says "
                                f"image_size {list(image_size)}")
-    bad = [name for name, arr in model.state_dict().items() if not np.isfinite(arr).all()]
-    if bad:  # a diverged run's weights; ReLU and max-pool would turn the NaNs into plausible numbers
-        raise ModelSourceError(f"{path}: NaN or infinite weights in {', '.join(bad[:3])}"
-                               f"{' and more' if len(bad) > 3 else ''}")
 
     def run_batch(x_u8):
         return model.predict_proba(to_model_input(x_u8, np))  # uint8 / 255, as in training
@@ -401,14 +397,16 @@ def _json_or_text(v):
         return v
 
 
-def resolve(path=None, runs_dir=DEFAULT_RUNS_DIR):
+def resolve(path=None, runs_dir=DEFAULT_RUNS_DIR, announce=None):
     """(kind, file): "onnx" for model.onnx or a folder holding one, else "checkpoint".
 
-    None: the newest run's checkpoints/best.h5, or its export/model.onnx when it has no checkpoint.
+    An experiment folder gives its run with the lowest validation loss; None the newest run (or
+    experiment, by the same rule), or the newest export/model.onnx when there is no checkpoint.
+    ``announce`` is called with each line saying which run was chosen and why (export/source.py).
     """
     if path is None:
         try:
-            return "checkpoint", find_checkpoint(None, runs_dir)
+            return "checkpoint", find_checkpoint(None, runs_dir, announce=announce)
         except ModelSourceError:
             exports = sorted(Path(runs_dir).glob("*/export/model.onnx"), key=lambda p: p.stat().st_mtime)
             if exports:
@@ -422,13 +420,15 @@ def resolve(path=None, runs_dir=DEFAULT_RUNS_DIR):
     if path.suffix == ".mlpackage" or (path.is_dir() and (path / "model.mlpackage").exists()):
         raise ModelSourceError(f"{path}: a Core ML package runs only on Apple platforms; pass the "
                                "model.onnx beside it or the checkpoint")
-    return "checkpoint", find_checkpoint(path, runs_dir)
+    return "checkpoint", find_checkpoint(path, runs_dir, announce=announce)
 
 
-def load(path=None, runs_dir=DEFAULT_RUNS_DIR):
-    """Load a model for prediction from a checkpoint .h5, a run folder, an exported folder or a
-    model.onnx; None loads the newest run's best checkpoint. Raises ModelSourceError or CheckpointError."""
-    kind, file = resolve(path, runs_dir)
+def load(path=None, runs_dir=DEFAULT_RUNS_DIR, announce=None):
+    """Load a model for prediction from a checkpoint .h5, a run folder, an experiment folder (its run
+    with the lowest validation loss), an exported folder or a model.onnx; None loads the newest run's
+    best checkpoint. ``announce(line)`` hears which run was chosen and why. Raises ModelSourceError or
+    CheckpointError."""
+    kind, file = resolve(path, runs_dir, announce)
     return _from_onnx(file) if kind == "onnx" else _from_checkpoint(file)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..models import build_model
+from ..models import build_model, check_state_fits
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -163,8 +163,9 @@ def load_trained(checkpoint):
         if key not in meta:
             raise CheckpointError(f"checkpoint {checkpoint}: meta has no {key!r}")
     try:
-        model = build_model(meta["model"])
-        model.load_state_dict(state["model"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint}: the weights do not fit the recorded model ({exc})") from None
+        check_state_fits(meta["model"], state["model"])   # config and every shape, before anything is allocated
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint}: {exc}") from None
+    model = build_model(meta["model"])
+    model.load_state_dict(state["model"])
     return model, meta
