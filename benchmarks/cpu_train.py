@@ -76,6 +76,7 @@ class TinyconvRunner:
         """{step name: (forward s, backward s)}, medians over ``repeats`` steps. The steps are those
         of the model's plan (tinyconv/fusion.py), so a fused BatchNorm2D -> ReLU -> MaxPool2D is one
         row, "batchnorm2d+relu+maxpool2d"."""
+        self.model.clear_cache()             # the last step's saved states: not kept alive meanwhile
         steps = self.model.plan()
         fwd = {s.name: [] for s in steps}
         bwd = {s.name: [] for s in steps}

@@ -554,7 +554,8 @@ def test_batchnorm_inference_kernels_match_plain(plain, dtype, chain):
         layers = {"bn": [bn], "bn-relu": [bn, relu], "bn-relu-pool": [bn, relu, pool]}[chain]
         steps = plan(layers)
         h, _ = run_steps(steps, x, train=False)
-        assert [type(st) for st in steps] == [{"bn": BatchNorm2D, "bn-relu": BNReLU, "bn-relu-pool": BNReLUMaxPool}[chain]]
+        kind = {"bn": BatchNorm2D, "bn-relu": BNReLU, "bn-relu-pool": BNReLUMaxPool}[chain]
+        assert [type(st) for st in steps] == [kind]
         ran = ops.implementation(getattr(steps[0], "op", "batchnorm"), x, *bn.params.values(), *bn.buffers.values())
         assert ran.__name__.endswith("_numba") == fast
         if chain != "bn":

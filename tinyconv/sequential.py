@@ -31,6 +31,7 @@ class Sequential:
         return plan(self.layers)
 
     def forward(self, x, train=True):
+        self.steps = None                    # the last forward's saved states go now, not at the end
         steps = self.plan()
         for step in steps:
             x = step.forward(x, train)

@@ -42,7 +42,7 @@ class Dropout(Layer):
         return ops.dropout_backward(self.cache, dy)
 
     def saved_bytes(self, x_shape, dtype, device):
-        return int(np.prod(x_shape)) * np.dtype(dtype).itemsize if self.p else 0
+        return ops.dropout_saved_bytes(x_shape, self.p, np.dtype(dtype).itemsize)
 
     def extra_repr(self):
         return f"p={self.p}"

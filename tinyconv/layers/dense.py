@@ -33,6 +33,9 @@ class Dense(Layer):
     def backward(self, dy, accumulate=False):
         return ops.dense_backward(self.saved(), dy, self.params, self.grads, accumulate)
 
+    def saved_bytes(self, x_shape, dtype, device):
+        return ops.dense_saved_bytes(x_shape, np.dtype(dtype).itemsize)
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={'b' in self.params}"
 

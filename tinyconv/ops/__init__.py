@@ -10,6 +10,7 @@ Every op has one signature, whatever implements it; saved state is explicit (a s
     maxpool_forward(x, kernel, stride, train) -> (y, saved);   maxpool_backward(saved, dy) -> dx
     relu_forward(x, train) -> (y, saved);                       relu_backward(saved, dy) -> dx
     dropout_forward(x, p, rng, train), dense_forward(x, params, train), global_avg_pool_forward(x)
+                                                              (the reference only: no fast version)
     bce_forward(z, t, pos_weight) -> (loss, saved);             bce_backward(saved) -> dz
     adam_update(params, grads, ms, vs, lr, beta1, beta2, eps, t)   (lists of arrays, in place)
 A backward writes the gradients of ``params`` into ``grads`` (grads.store_grad: into the arrays
@@ -41,8 +42,8 @@ import numpy as np
 from ..backend import is_gpu_array
 from . import activations, conv, dense, fused, loss, norm, optim, pool
 from . import conv_cuda, fused_cuda, loss_cuda, norm_cuda, optim_cuda, pool_cuda   # CuPy: imported when used
-from .activations import dropout_backward, dropout_forward
-from .dense import dense_backward, dense_forward
+from .activations import dropout_backward, dropout_forward, dropout_saved_bytes
+from .dense import dense_backward, dense_forward, dense_saved_bytes
 from .loss import sigmoid
 from .pool import global_avg_pool_backward, global_avg_pool_forward
 
@@ -211,6 +212,6 @@ def adam_wants_flat(*arrays):
 __all__ = ["backend", "backend_for", "implementation", "sigmoid", "conv2d_forward", "conv2d_backward",
            "batchnorm_forward", "batchnorm_backward", "bn_relu_forward", "bn_relu_backward",
            "bn_relu_maxpool_forward", "bn_relu_maxpool_backward", "maxpool_forward", "maxpool_backward",
-           "relu_forward", "relu_backward", "dropout_forward", "dropout_backward", "dense_forward",
-           "dense_backward", "global_avg_pool_forward", "global_avg_pool_backward", "bce_forward",
+           "relu_forward", "relu_backward", "dropout_forward", "dropout_backward", "dropout_saved_bytes",
+           "dense_forward", "dense_backward", "dense_saved_bytes", "global_avg_pool_forward", "global_avg_pool_backward", "bce_forward",
            "bce_backward", "adam_update", "adam_wants_flat"]

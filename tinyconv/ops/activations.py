@@ -1,6 +1,8 @@
 """ReLU and (inverted) Dropout, the reference, plain xp."""
 from typing import NamedTuple
 
+import numpy as np
+
 from ..backend import device_of, get_array_module, to_device
 
 
@@ -42,3 +44,8 @@ def dropout_forward(x, p, rng, train):
 
 def dropout_backward(saved, dy):
     return dy if saved is None else dy * saved.mask
+
+
+def dropout_saved_bytes(x_shape, p, itemsize):
+    """The scaled mask, the size of x (nothing when p = 0)."""
+    return int(np.prod(x_shape)) * itemsize if p else 0

@@ -23,3 +23,8 @@ def dense_backward(saved, dy, params, grads, accumulate=False):
     if "b" in params:
         store_grad(grads, "b", dy.sum(axis=0), accumulate)
     return dy @ params["w"].T
+
+
+def dense_saved_bytes(x_shape, itemsize):
+    """x, by reference: nothing of its own."""
+    return 0
