@@ -62,7 +62,7 @@ def parser():
     p.add_argument("--data", default=None,
                    help="a CelebA folder (any layout), a prepared .h5 file, or omitted: the built-in synthetic set")
     p.add_argument("--cache-dir", default=d.cache_dir, help="where prepared .h5 files and the built-in set go")
-    p.add_argument("--image-size", type=image_size, default=d.image_size,
+    p.add_argument("--image-size", type=image_size, default="x".join(map(str, d.image_size)),
                    help="HxW: 218x178 is CelebA's full size; 109x89 or 54x44 for CPUs")
     p.add_argument("--attributes", nargs="+", default=list(d.attributes), help="CelebA attribute names")
     p.add_argument("--epochs", type=integer(1), default=d.epochs, help="epochs to train (on --resume: the new total)")

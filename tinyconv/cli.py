@@ -45,5 +45,12 @@ def _check_range(v, lo, hi, text, lo_open=False, hi_open=False):
         raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default after its help text."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default after its help text (unless the
+    text already says it; flags and options without a default say nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
