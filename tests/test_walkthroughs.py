@@ -58,3 +58,23 @@ def test_runner_skips_blocks_whose_module_is_missing(tmp_path):
                   "```python\ny = 2\n```\n")
     result = walkthrough.run(md, figures=tmp_path / "f", workdir=tmp_path)
     assert result.blocks_run == 1 and result.skipped == [(2, "no_such_module_xyz is not installed")]
+
+
+def test_the_command_leaves_the_committed_figures_alone_unless_asked(tmp_path, monkeypatch, capsys):
+    """A reader rerunning a walkthrough as the README shows gets the figures in ./walkthrough-figures/, and
+    git status stays clean; --update-figures is the maintainer's way to rewrite docs/walkthroughs/figures/."""
+    from tinyconv.walkthrough import main
+    md = tmp_path / "docs" / "w.md"
+    md.parent.mkdir()
+    md.write_text("```python\nfrom tinyconv.walkthrough import figures_dir\n"
+                  "(figures_dir() / 'f.png').write_bytes(b'png')\n```\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main([str(md)]) == 0
+    assert (work / "walkthrough-figures" / "f.png").is_file() and not (md.parent / "figures" / "f.png").exists()
+    assert main(["--update-figures", str(md)]) == 0
+    assert (md.parent / "figures" / "f.png").is_file()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.md")])
+    assert "no such walkthrough file" in capsys.readouterr().err
