@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from tinyconv.cli import HelpFormatter, integer, number
+from tinyconv.models import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 import tinyconv.training as training
 from tinyconv.rundir import RunDirError
 from tinyconv.training import (MAX_WIDTH, MIN_SYNTHETIC, TrainConfig, TrainingError, read_config, run_experiment,
@@ -37,8 +38,9 @@ def image_size(text):
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW such as 218x178 or 54x44, got {text!r}") from None
-    if h < 32 or w < 32 or h > 4096 or w > 4096:
-        raise argparse.ArgumentTypeError(f"each side must be 32 to 4096 (the five pooling blocks need 32), got {text}")
+    if not (MIN_INPUT_SIDE <= h <= MAX_INPUT_SIDE and MIN_INPUT_SIDE <= w <= MAX_INPUT_SIDE):
+        raise argparse.ArgumentTypeError(f"each side must be {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} (the five pooling "
+                                         f"blocks need {MIN_INPUT_SIDE}), got {text}")
     return (h, w)
 
 
