@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinyconv.cli import HelpFormatter, integer, number
+from tinyconv.cli import HelpFormatter, image_size, integer, number
 from tinyconv.models import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 import tinyconv.training as training
 from tinyconv.rundir import RunDirError
@@ -31,17 +31,6 @@ ALL = ("constant", "batch-increase", "lr-decay")
 # Options that may differ from the saved settings on --resume: they do not change what is trained.
 FREE_ON_RESUME = {"epochs", "no_progress", "device", "tf32", "data", "cache_dir", "eval_batch_size", "resident"}
 NOT_WITH_RESUME = {"run_dir", "overwrite"}
-
-
-def image_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 218x178 or 54x44, got {text!r}") from None
-    if not (MIN_INPUT_SIDE <= h <= MAX_INPUT_SIDE and MIN_INPUT_SIDE <= w <= MAX_INPUT_SIDE):
-        raise argparse.ArgumentTypeError(f"each side must be {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} (the five pooling "
-                                         f"blocks need {MIN_INPUT_SIDE}), got {text}")
-    return (h, w)
 
 
 def int_list(text):
@@ -64,8 +53,10 @@ def parser():
     p.add_argument("--data", default=None,
                    help="a CelebA folder (any layout), a prepared .h5 file, or omitted: the built-in synthetic set")
     p.add_argument("--cache-dir", default=d.cache_dir, help="where prepared .h5 files and the built-in set go")
-    p.add_argument("--image-size", type=image_size, default="x".join(map(str, d.image_size)),
-                   help="HxW: 218x178 is CelebA's full size; 109x89 or 54x44 for CPUs")
+    p.add_argument("--image-size", type=image_size(MIN_INPUT_SIDE, MAX_INPUT_SIDE),
+                   default="x".join(map(str, d.image_size)),
+                   help=f"HxW: 218x178 is CelebA's full size; 109x89 or 54x44 for CPUs; each side "
+                        f"{MIN_INPUT_SIDE} (five 2x2 poolings) to {MAX_INPUT_SIDE}")
     p.add_argument("--attributes", nargs="+", default=list(d.attributes), help="CelebA attribute names")
     p.add_argument("--epochs", type=integer(1), default=d.epochs, help="epochs to train (on --resume: the new total)")
     p.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="the (initial) batch size")

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tinyconv.training as training
 from tinyconv.checkpoint import load_checkpoint, read_checkpoint_meta
 from tinyconv.rundir import FolderLock, RunDirError, claim_new, unique_dir
 from tinyconv.training import Run, TrainConfig, TrainingError, open_data

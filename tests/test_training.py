@@ -203,7 +203,7 @@ def run_cli(*args, cwd, **kw):
 
 @pytest.mark.parametrize("args,message", [
     (["--epochs", "0"], "argument --epochs: must be in [1, inf), got 0"),
-    (["--image-size", "10x10"], "each side must be 32 to 1024"),
+    (["--image-size", "10x10"], "each side must be in [32, 1024]"),
     (["--image-size", "big"], "expected HxW"),
     (["--factor", "1"], "factor"),
     (["--batch-size", "64", "--max-batch-size", "32"], "max_batch_size"),

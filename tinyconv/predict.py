@@ -26,7 +26,7 @@ from numbers import Integral
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import CheckpointError
 from .data.batches import to_model_input
