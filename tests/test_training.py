@@ -268,3 +268,44 @@ def test_batches_that_would_not_fit_are_split_not_crashed(cache, tmp_path, monke
     with pytest.raises(TrainingError, match="more than the free memory"):
         Run(cfg, tmp_path / "tiny", ds)
     ds.close()
+
+
+def test_lagged_losses_read_one_step_late_without_a_blocking_device_read(monkeypatch):
+    """The GPU side with a stand-in for CuPy whose copies are deferred: each loss comes back one step
+    late and right, read through pinned memory after an event, never by a blocking read of the device
+    scalar (which would wait for the step queued after it)."""
+    import sys
+    import types
+    from tinyconv.training import LaggedLosses
+    pending = []
+
+    class DeviceScalar:
+        def __init__(self, v):
+            self.v = np.float32(v)
+
+        def astype(self, dtype, copy=True):
+            return self
+
+        def __float__(self):
+            raise AssertionError("a blocking read of a device scalar")
+
+    class Event:
+        def record(self):
+            self.at = len(pending)
+
+        def synchronize(self):
+            for op in pending[:self.at]:
+                op()
+
+    def asnumpy(a, out, blocking=True):
+        assert not blocking
+        pending.append(lambda: out.__setitem__((), a.v))
+
+    fake = types.SimpleNamespace(float32=np.float32, asnumpy=asnumpy,
+                                 cuda=types.SimpleNamespace(Event=lambda disable_timing: Event()))
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=np.empty))
+    reader = LaggedLosses(fake)
+    got = [reader.push(DeviceScalar(v), n) for v, n in ((0.5, 8), (0.25, 8), (0.125, 4))] + [reader.pop()]
+    assert got == [None, (0.5, 8), (0.25, 8), (0.125, 4)] and reader.pop() is None
+    cpu = LaggedLosses(np)
+    assert cpu.push(np.float32(1.5), 3) is None and cpu.pop() == (1.5, 3)

@@ -549,28 +549,29 @@ class Run:
                            desc=f"{cfg.schedule} epoch {self.epoch + 1}/{cfg.epochs}", unit="batch")
         acc = self.accum
         correct = xp.asarray(np.asarray(acc["correct"], dtype=np.int64))
-        lagging = None                     # last step's loss array: read one step late (no GPU stall)
+        losses = LaggedLosses(xp)          # each step's loss read one step late (no GPU stall)
         t0 = time.perf_counter()
         try:
             for batch in batches:
                 loss = self.step(batch)
                 n = len(batch.index)
                 correct += self._batch_correct
-                if lagging is not None:
-                    self._account(float(lagging[0]), lagging[1], bar)
-                lagging = (loss, n)
+                previous = losses.push(loss, n)
+                if previous is not None:
+                    self._account(*previous, bar)
                 self.batch += 1
                 self.updates += 1
                 self.images_seen += n
                 acc["seen"] += n
                 self.stop.check()
-            if lagging is not None:
-                self._account(float(lagging[0]), lagging[1], bar)
-                lagging = None
+            last = losses.pop()
+            if last is not None:
+                self._account(*last, bar)
         finally:
             # On Ctrl-C, keep the exact position: the running sums for the batches done so far.
-            if lagging is not None:
-                self._account(float(lagging[0]), lagging[1], None)
+            last = losses.pop()
+            if last is not None:
+                self._account(*last, None)
             acc["correct"] = [int(c) for c in to_cpu(correct)]
             acc["seconds"] += time.perf_counter() - t0
             self.wall_time += time.perf_counter() - t0
@@ -712,6 +713,48 @@ def write_line(text):
     from tqdm import tqdm
     tqdm.write(text, file=sys.stdout)
     sys.stdout.flush()
+
+
+class LaggedLosses:
+    """Step losses read on the host one step late, without making the device wait.
+
+    ``push(loss, n)`` takes step k's loss (a device scalar) and returns step k-1's (value, n), or None;
+    ``pop()`` returns the one still held. On the CPU the value is read at once. On the GPU, reading a
+    device scalar (``float(loss)``) queues a synchronous copy behind everything queued so far, the
+    next step included, so the GPU would idle while the host queued the step after. Instead each loss
+    is copied asynchronously into pinned memory right after its step is queued, with an event behind
+    the copy; reading it a step later waits for that step only, while the device runs the next one.
+    """
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.gpu = xp is not np
+        self.held = None
+        self.slots, self.turn = [], 0      # two pinned float32 scalars, used in turn (GPU)
+
+    def push(self, loss, n):
+        previous = self.pop()
+        if not self.gpu:
+            self.held = (float(loss), n)
+            return previous
+        if not self.slots:
+            import cupyx
+            self.slots = [cupyx.empty_pinned((), dtype=np.float32) for _ in range(2)]
+        host = self.slots[self.turn]
+        self.turn ^= 1
+        self.xp.asnumpy(loss.astype(self.xp.float32, copy=False), out=host, blocking=False)
+        done = self.xp.cuda.Event(disable_timing=True)
+        done.record()
+        self.held = (host, done, n)
+        return previous
+
+    def pop(self):
+        held, self.held = self.held, None
+        if held is None or not self.gpu:
+            return held
+        host, done, n = held
+        done.synchronize()
+        return float(host), n
 
 
 class StopNow(BaseException):
