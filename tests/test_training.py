@@ -62,6 +62,7 @@ def test_all_schedules_write_every_file(cache, tmp_path):
         assert rows[-1]["updates"] == sum(-(-n_train // r["batch_size"]) for r in rows)
         for r in rows:
             assert r["noise_scale"] == pytest.approx(r["lr"] * n_train / r["batch_size"])
+            assert r["noise_scale_exact"] == pytest.approx(r["lr"] * (n_train / r["batch_size"] - 1))
             assert r["images_seen"] == n_train * r["epoch"]
     text = (tmp_path / "exp" / "comparison.md").read_text()
     assert "NOT CelebA" in text and "test accuracy" in text
@@ -309,3 +310,15 @@ def test_lagged_losses_read_one_step_late_without_a_blocking_device_read(monkeyp
     assert got == [None, (0.5, 8), (0.25, 8), (0.125, 4)] and reader.pop() is None
     cpu = LaggedLosses(np)
     assert cpu.push(np.float32(1.5), 3) is None and cpu.pop() == (1.5, 3)
+
+
+def test_the_exact_noise_scale_has_the_momentum_factor_for_sgd(cache, tmp_path):
+    """Smith & Le: g = lr / (1 - m) * (N / B - 1); hand-computed for N = 100, B = 20, lr 0.1, m 0.9."""
+    from tinyconv.training import sgd_noise_scale
+    assert sgd_noise_scale(0.1, 100, 20, 0.9) == pytest.approx(0.1 / 0.1 * 4)
+    assert sgd_noise_scale(0.1, 100, 20) == pytest.approx(0.4)
+    run = Run(config(cache, epochs=1, optimizer="sgd", momentum=0.5, lr=0.01), tmp_path / "sgd", open_data(config(cache)))
+    row = run.train()[0]
+    n = json.loads((tmp_path / "sgd" / "config.json").read_text())["data"]["sizes"]["train"]
+    assert row["noise_scale_exact"] == pytest.approx(0.01 / 0.5 * (n / 16 - 1))
+    run.ds.close()

@@ -160,7 +160,7 @@ def metric_columns(attributes):
     for split in ("train", "val"):
         cols += [f"{split}_acc_{a}" for a in attributes] + [f"{split}_acc_mean"]
     cols += ["batch_size", "lr", "updates", "images_seen", "epoch_time_s", "wall_time_s", "images_per_s",
-             "noise_scale", "change"]
+             "noise_scale", "noise_scale_exact", "change"]
     return cols
 
 
@@ -580,6 +580,9 @@ class Run:
             self.model.clear_cache()
         assert len(acc["correct"]) == K
 
+    def _momentum(self):
+        return self.cfg.momentum if self.cfg.optimizer == "sgd" else 0.0
+
     def _account(self, loss_value, n, bar):
         if not math.isfinite(loss_value):
             last = self.ckpt_dir / "last.h5"
@@ -645,7 +648,9 @@ class Run:
         row.update({"batch_size": self.batch_size, "lr": self.lr, "updates": self.updates,
                     "images_seen": self.images_seen, "epoch_time_s": acc["seconds"], "wall_time_s": self.wall_time,
                     "images_per_s": acc["seen"] / max(acc["seconds"], 1e-9),
-                    "noise_scale": self.lr * n_train / self.batch_size, "change": self.pending_change})
+                    "noise_scale": self.lr * n_train / self.batch_size,
+                    "noise_scale_exact": sgd_noise_scale(self.lr, n_train, self.batch_size, self._momentum()),
+                    "change": self.pending_change})
         self.metrics.append(row)
         self._append_metrics(row)
         self.log(f"{cfg.schedule} epoch {self.epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
@@ -673,6 +678,13 @@ class Run:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def sgd_noise_scale(lr, n, batch_size, momentum=0.0):
+    """Smith & Le's SGD noise scale g = lr / (1 - momentum) * (N / B - 1); the logged ``noise_scale``
+    lr * N / B is its approximation for B << N without momentum. For Adam tinyconv logs the same
+    expression with momentum 0: a reference point, not Adam's own theory (see walkthrough 5)."""
+    return lr / (1.0 - momentum) * (n / batch_size - 1.0)
+
 
 def finite_or_none(v):
     return None if v is None or not math.isfinite(v) else float(v)
