@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import BCEWithLogits
 from .models import MAX_INPUT_SIDE, MAX_WIDTH, MIN_INPUT_SIDE, build_model, check_state_fits, seed_cnn
 from .optim import SGD, Adam
-from .rundir import atomic_write_text, lock_run, remove_leftovers, write_experiment_file
+from .rundir import atomic_write_text, experiment_runs, lock_run, remove_leftovers, run_name, write_experiment_file
 from .schedules import SCHEDULES, make_schedule
 
 ATTRIBUTES = ("Eyeglasses", "Male", "Smiling")
@@ -838,31 +838,37 @@ def write_comparison(run_dirs, out_dir, ds, device="cpu"):
     return evaluate_runs(run_dirs, out=out_dir, device=device, datasets=(ds,), progress=False)["table"]
 
 
-def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None):
+def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None, seeds=None):
     """Train each schedule from the same initial weights and data order into ``run_dir/<schedule>``
-    (or ``run_dir`` itself for a single schedule); returns the run folders. Holds the folders' locks
-    (tinyconv/rundir.py) throughout. ``resume``: continue each run that has a last.h5 (``overrides``
-    as for :meth:`Run.resume`)."""
+    (or ``run_dir`` itself for a single schedule without ``seeds``); with ``seeds``, every schedule for
+    every seed into ``run_dir/seed<k>-<schedule>`` (the runs of one seed share their initial weights
+    and data order). Returns the run folders trained. Holds the folders' locks (tinyconv/rundir.py)
+    throughout. ``resume``: continue each run that has a last.h5 (``overrides`` as for
+    :meth:`Run.resume`). The kernels are warmed up first, so no run's wall time pays their compile."""
     run_dir = Path(run_dir)
-    single = len(schedules) == 1
-    dirs = [run_dir] if single else [run_dir / name for name in schedules]
+    plan = [(name, cfg.seed, run_name(name)) for name in schedules] if seeds is None else \
+        [(name, seed, run_name(name, seed)) for seed in seeds for name in schedules]
+    single = len(plan) == 1 and seeds is None
+    dirs = [run_dir] if single else [run_dir / folder for _, _, folder in plan]
     locks = lock_run(run_dir) if single else lock_run(run_dir, experiment=True)
     try:
         if not single:
             locks += [lock for d in dirs for lock in lock_run(d, experiment=run_dir)]
             if not resume or not (run_dir / "experiment.json").is_file():
-                write_experiment_file(run_dir, schedules)
+                write_experiment_file(run_dir, schedules, seeds)
         ds = open_data(cfg)
         try:
-            for name, d in zip(schedules, dirs):
+            warm_up(cfg, ds)
+            for (name, seed, _), d in zip(plan, dirs):
                 if resume and (d / "checkpoints" / "last.h5").is_file():
                     run = Run.resume(d, lambda c: ds, overrides=overrides)
                 else:
-                    c = TrainConfig.from_json({**cfg.to_json(), "schedule": name})
+                    c = TrainConfig.from_json({**cfg.to_json(), "schedule": name, "seed": seed})
                     run = Run(c, d, ds)
                 run.train()
-            if not single:
-                table = write_comparison(dirs, run_dir, ds, cfg.device)
+            if not single:                   # every finished run of the experiment, not only these
+                done = [d for d in experiment_runs(run_dir).values() if (d / "checkpoints" / "best.h5").is_file()]
+                table = write_comparison(done, run_dir, ds, cfg.device)
                 write_line("\n" + table + f"\n\nwrote {run_dir / 'report.md'}, comparison.md/.csv and the plots")
         finally:
             ds.close()
@@ -870,6 +876,26 @@ def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None):
         for lock in locks:
             lock.release()
     return dirs
+
+
+def warm_up(cfg, ds):
+    """One training step of the run's model on two random images, timed and logged apart: the first
+    call of each kernel in a process compiles it (numba on the CPU, NVRTC on the GPU; both load from a
+    disk cache after the first time), and that time belongs to no schedule."""
+    t0 = time.perf_counter()
+    model = seed_cnn(num_outputs=len(ds.attributes), input_shape=(3,) + tuple(ds.image_size), width=cfg.width,
+                     dropout=cfg.dropout, init=cfg.init, seed=cfg.seed).to(cfg.device)
+    xp = xp_for(cfg.device)
+    x = xp.asarray(np.random.default_rng(0).random((2, 3) + tuple(ds.image_size), dtype=np.float32))
+    t = xp.zeros((2, len(ds.attributes)), dtype=xp.float32)
+    loss = BCEWithLogits()
+    loss.forward_array(model.forward(x, True), t)
+    model.backward(loss.backward())
+    build_optimizer(cfg, model).step()
+    if cfg.device == "gpu":
+        xp.cuda.get_current_stream().synchronize()
+    write_line(f"warm-up: kernels ready in {time.perf_counter() - t0:.1f} s (compiled or loaded from the cache; "
+               "not counted in any run's wall time)")
 
 
 def read_config(run_dir):
