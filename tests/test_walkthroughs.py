@@ -66,6 +66,21 @@ def test_relative_links_resolve(path):
         assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
 
 
+def _slug(heading):
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("path", WALKTHROUGHS + [DOCS / "README.md"], ids=lambda p: p.stem)
+def test_section_links_land_on_a_heading(path):
+    """[text](other.md#section) and [text](#section) must name a heading that exists."""
+    for target, anchor in re.findall(r"\]\(((?!https?:)[^)\s#]*\.md|)#([^)\s]+)\)", path.read_text()):
+        page = path.parent / target if target else path
+        prose = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)     # not code comments
+        headings = {_slug(h) for h in re.findall(r"^#+\s+(.*)$", prose, re.M)}
+        assert anchor in headings, f"{path.name} links to {target or path.name}#{anchor}, which has no such heading"
+
+
 def test_runner_reports_markdown_line_numbers(tmp_path):
     md = tmp_path / "w.md"
     md.write_text("# t\n\n```python\nx = 1\n```\n\ntext\n\n```python\nassert x == 2, 'drifted'\n```\n")
