@@ -8,17 +8,19 @@ beside the runs). Everything here is argument parsing; the work lives in tinycon
 import argparse
 import sys
 
+from tinyconv.cli import HelpFormatter, integer
+
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder or a folder of runs")
     p.add_argument("--out", default=None, help="output folder (default: the one RUN_DIR, or the folder the "
                                                "RUN_DIRs share)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the models run")
     p.add_argument("--thresholds", choices=("0.5", "validation"), default="0.5",
                    help="0.5 for every attribute, or per attribute chosen on the validation split "
                         "(maximising F1) and applied unchanged to test")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=integer(1), default=None,
                    help="images per evaluation batch (default: the run's eval_batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -26,9 +28,6 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if args.batch_size is not None and args.batch_size < 1:
-        print(f"evaluate.py: error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
-        return 2
     from tinyconv.checkpoint import CheckpointError
     from tinyconv.data import DataError
     from tinyconv.report import ReportError, evaluate_runs

@@ -7,18 +7,24 @@ import argparse
 import os
 import sys
 
+from tinyconv.cli import HelpFormatter
+
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported anywhere
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("source", nargs="?", help="run folder or checkpoint .h5 (default: the newest run's best)")
+def parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("source", nargs="?", help="run folder, experiment folder (its run with the lowest validation "
+                                              "loss) or checkpoint .h5 (default: the newest run or experiment)")
     ap.add_argument("--out", help="output folder (default: <run folder>/export)")
     ap.add_argument("--float16", action="store_true", help="float16 Core ML program (ONNX stays float32)")
-    ap.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default: runs)")
+    ap.add_argument("--runs-dir", default="runs", help="where to look for the newest run")
     ap.add_argument("--no-coreml", action="store_true", help="write only the ONNX model")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
 
     from tinyconv.checkpoint import CheckpointError
     from tinyconv.export.exporter import export

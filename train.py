@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from tinyconv.cli import HelpFormatter, integer, number
+from tinyconv.cli import HelpFormatter, image_size, integer, number
+from tinyconv.models import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 import tinyconv.training as training
 from tinyconv.rundir import RunDirError
 from tinyconv.training import (MAX_WIDTH, MIN_SYNTHETIC, TrainConfig, TrainingError, read_config, run_experiment,
@@ -32,16 +33,6 @@ FREE_ON_RESUME = {"epochs", "no_progress", "device", "tf32", "data", "cache_dir"
 NOT_WITH_RESUME = {"run_dir", "overwrite"}
 
 
-def image_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 218x178 or 54x44, got {text!r}") from None
-    if h < 32 or w < 32 or h > 4096 or w > 4096:
-        raise argparse.ArgumentTypeError(f"each side must be 32 to 4096 (the five pooling blocks need 32), got {text}")
-    return (h, w)
-
-
 def int_list(text):
     try:
         epochs = tuple(int(v) for v in text.split(",") if v)
@@ -50,6 +41,16 @@ def int_list(text):
     if not epochs or epochs[0] < 1 or any(b <= a for a, b in zip(epochs, epochs[1:])):
         raise argparse.ArgumentTypeError(f"expected increasing epochs from 1 on, such as 4,8, got {text!r}")
     return epochs
+
+
+def seed_list(text):
+    try:
+        seeds = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds such as 0,1,2, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 0,1,2, got {text!r}")
+    return seeds
 
 
 def parser():
@@ -62,8 +63,10 @@ def parser():
     p.add_argument("--data", default=None,
                    help="a CelebA folder (any layout), a prepared .h5 file, or omitted: the built-in synthetic set")
     p.add_argument("--cache-dir", default=d.cache_dir, help="where prepared .h5 files and the built-in set go")
-    p.add_argument("--image-size", type=image_size, default=d.image_size,
-                   help="HxW: 218x178 is CelebA's full size; 109x89 or 54x44 for CPUs")
+    p.add_argument("--image-size", type=image_size(MIN_INPUT_SIDE, MAX_INPUT_SIDE),
+                   default="x".join(map(str, d.image_size)),
+                   help=f"HxW: 218x178 is CelebA's full size; 109x89 or 54x44 for CPUs; each side "
+                        f"{MIN_INPUT_SIDE} (five 2x2 poolings) to {MAX_INPUT_SIDE}")
     p.add_argument("--attributes", nargs="+", default=list(d.attributes), help="CelebA attribute names")
     p.add_argument("--epochs", type=integer(1), default=d.epochs, help="epochs to train (on --resume: the new total)")
     p.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="the (initial) batch size")
@@ -93,6 +96,9 @@ def parser():
                    help="per-attribute positive weights of the loss, one per attribute (e.g. 5 1 1 for rare "
                         "Eyeglasses)")
     p.add_argument("--seed", type=integer(0), default=d.seed, help="initial weights, data order and dropout")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="run every schedule for each of these seeds (e.g. 0,1,2,3,4) in one experiment folder; "
+                        "the report gives mean ± std and paired differences with 95%% intervals")
     p.add_argument("--max-micro-batch", type=integer(1), default=None,
                    help="split larger batches into micro-batches that accumulate gradients (default: planned "
                         "from free memory)")
@@ -137,26 +143,32 @@ def config_from_args(args, schedule):
 
 
 def resume_plan(args, given):
-    """(folder, schedules, saved config.json) for --resume; TrainingError naming the folder if it cannot be."""
-    from tinyconv.rundir import experiment_runs, is_experiment
+    """(folder, schedules, seeds or None, a saved config.json) for --resume; TrainingError naming the
+    folder if it cannot be."""
+    from tinyconv.rundir import experiment_runs, is_experiment, read_experiment_file
     target = Path(args.resume)
     if not target.is_dir():
         raise TrainingError(f"--resume {target}: no such folder")
     if (target / "config.json").is_file():
         info = read_config(target)
-        return target, (info["config"]["schedule"],), info
+        return target, (info["config"]["schedule"],), None, info
     if not is_experiment(target):
         raise TrainingError(f"--resume {target}: no run to resume here (no config.json in it or its subfolders)")
     runs = experiment_runs(target)
     present = [name for name, d in runs.items() if (d / "config.json").is_file()]
-    if "schedule" in given and args.schedule != "all":
-        if args.schedule not in present:
-            raise TrainingError(f"--resume {target} --schedule {args.schedule}: this experiment holds "
-                                f"{', '.join(present) or 'no run yet'}")
-        return runs[args.schedule], (args.schedule,), read_config(runs[args.schedule])
     if not present:
         raise TrainingError(f"--resume {target}: the experiment has no run with a config.json yet")
-    return target, tuple(runs), read_config(runs[present[0]])
+    saved = read_experiment_file(target)
+    schedules, seeds = tuple(saved.get("schedules") or runs), saved.get("seeds")
+    if "schedule" in given and args.schedule != "all":
+        holds = sorted({read_config(runs[n])["config"]["schedule"] for n in present})
+        if args.schedule not in holds:
+            raise TrainingError(f"--resume {target} --schedule {args.schedule}: this experiment holds "
+                                f"{', '.join(holds)}")
+        if seeds is None:
+            return runs[args.schedule], (args.schedule,), None, read_config(runs[args.schedule])
+        schedules = (args.schedule,)
+    return target, schedules, seeds, read_config(runs[present[0]])
 
 
 def resume_overrides(args, given, saved):
@@ -194,19 +206,23 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     given = given_options(argv)
+    if args.seeds is not None and "seed" in given:
+        p.error("argument --seeds: give --seed or --seeds, not both")
+    if args.seeds is not None and args.resume:
+        p.error("argument --seeds: --resume takes the seeds the experiment was started with")
     if args.pos_weight is not None and len(args.pos_weight) != len(args.attributes):
         p.error(f"argument --pos-weight: needs one weight per attribute ({len(args.attributes)}: "
                 f"{' '.join(args.attributes)}), got {len(args.pos_weight)}")
     try:
         if args.resume:
-            run_dir, schedules, info = resume_plan(args, given)
+            run_dir, schedules, seeds, info = resume_plan(args, given)
             overrides, notes = resume_overrides(args, given, info["config"])
             cfg = TrainConfig.from_json({**info["config"], **overrides})
             if "data" not in overrides:     # the saved data, found from whatever folder we are in now
                 cfg.data, cfg.cache_dir = saved_data_paths(info)
         else:
             schedules = ALL if args.schedule == "all" else (args.schedule,)
-            cfg, notes, overrides = config_from_args(args, schedules[0]), [], None
+            cfg, notes, overrides, seeds = config_from_args(args, schedules[0]), [], None, args.seeds
         if cfg.device == "gpu":
             from tinyconv.backend import require_gpu
             require_gpu()
@@ -223,7 +239,7 @@ def main(argv=None):
             print(f"train.py: note: {note}")
         t0 = time.perf_counter()
         training.SECOND_SIGNAL = "exit"     # a second Ctrl-C ends the process at once, code 130
-        run_experiment(cfg, schedules, run_dir, resume=bool(args.resume), overrides=overrides)
+        run_experiment(cfg, schedules, run_dir, resume=bool(args.resume), overrides=overrides, seeds=seeds)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, training._second_signal)
         print(f"\ntrain.py: interrupted; the position is saved. Continue with: python train.py --resume {run_dir}",

@@ -107,7 +107,7 @@ function showModel() {
   $("synthetic-warning").hidden = !m.synthetic;
   document.body.dataset.synthetic = String(m.synthetic);
   const source = m.synthetic ? "tinyconv's synthetic faces" : (m.dataSource || "CelebA");
-  $("model-info").textContent = `Model: ${m.attributes.join(", ")} · input ${m.W}×${m.H} · trained on ${source}` +
+  $("model-info").textContent = `Model: ${m.attributes.join(", ")} · input ${m.H}×${m.W} (H×W, as tinyconv writes sizes) · trained on ${source}` +
     (m.props.schedule ? ` · schedule ${parseJSON(m.props.schedule, m.props.schedule)}` : "");
   $("policy").textContent = RESIZE === "pillow"
     ? `Resize policy (same pixels as predict.py): ${m.policy || "centre crop to 178:218, Pillow BILINEAR"}`
@@ -188,9 +188,9 @@ function showInput(rgb, box, img) {
     left: `${box[0] * s}px`, top: `${box[1] * s}px`,
     width: `${(box[2] - box[0]) * s}px`, height: `${(box[3] - box[1]) * s}px`,
   });
-  $("original-caption").textContent = `Your image, ${img.w}×${img.h}; the outline is the centre crop ` +
-    `${box[2] - box[0]}×${box[3] - box[1]} at (${box[0]}, ${box[1]})`;
-  $("input-caption").textContent = `What the model saw: ${W}×${H}` +
+  $("original-caption").textContent = `Your image, ${img.h}×${img.w} (H×W); the outline is the centre crop ` +
+    `${box[3] - box[1]}×${box[2] - box[0]} at (x ${box[0]}, y ${box[1]})`;
+  $("input-caption").textContent = `What the model saw: ${H}×${W} (H×W)` +
     (RESIZE === "pillow" ? " (Pillow's BILINEAR, as predict.py)" : ` (canvas drawImage, ${RESIZE.slice(7)})`);
 }
 

@@ -40,6 +40,12 @@ def events_median(fn, steps, warmup):
     return statistics.median(times)
 
 
+def step_tflops(batch, gflop_per_image, ms):
+    """TFLOP/s of a step of ``batch`` images at ``gflop_per_image`` GFLOP each taking ``ms`` ms:
+    batch * GFLOP / (ms / 1e3) s = batch * GFLOP / ms * 1e3 GFLOP/s = batch * GFLOP / ms TFLOP/s."""
+    return batch * gflop_per_image / ms
+
+
 def sgemm_tflops(tf32):
     import cupy
     from tinyconv.kernels.common_gpu import set_tf32
@@ -58,6 +64,7 @@ def tinyconv_setup(batch, hw):
     import cupy
     from tinyconv import Adam, BCEWithLogits, seed_cnn
     model = seed_cnn(input_shape=(3,) + hw, seed=0).to("gpu")      # its plan fuses BN -> ReLU -> pool
+    model.layers[0].needs_input_grad = False     # as the training loop (and PyTorch: x needs no grad)
     loss, opt = BCEWithLogits(), Adam(model.parameters())
     rng = cupy.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 3) + hw, dtype=np.uint8)
@@ -137,7 +144,11 @@ def per_layer(batch, hw, steps):
     import torch
     from tinyconv import BatchNorm2D, Conv2D, MaxPool2D, ReLU
     from tinyconv.fusion import BNReLU
+    from tinyconv.kernels.common_gpu import set_tf32
     torch.backends.cudnn.benchmark = True
+    # fp32 on both sides, whatever mode ran last (cuDNN's own default allows TF32 convolutions)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    set_tf32(False)
     rows, c_in, (h, w) = [], 3, hw
     for i, c in enumerate((32, 64, 128, 128, 192), 1):
         x = cupy.random.standard_normal((batch, c_in, h, w), dtype=np.float32)
@@ -232,7 +243,7 @@ def main(argv=None):
             ok = [isinstance(res.get(k), tuple) for k in ("tinyconv", "torch")]
             ratio = f"{res['torch'][0] / res['tinyconv'][0]:.2f}x" if all(ok) else "-"
             if ok[0]:
-                tflops = batch * gflop_step / res["tinyconv"][0] / 1e3
+                tflops = step_tflops(batch, gflop_step, res["tinyconv"][0])
                 eff = f"{tflops:.1f} ({100 * tflops / ceilings[mode]:.0f}%)"
                 mem_t = f"{res['tinyconv'][1] / 2**30:.1f}"
             else:

@@ -99,6 +99,109 @@ def test_gpu_batches_equal_cpu_batches(ds, resident):
         assert np.array_equal(a.x, b.x.get()) and np.array_equal(a.y, b.y.get())
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+def test_gpu_batches_stay_right_while_the_gpu_runs_far_behind(ds):
+    """Queue long GPU work after the first batch, so that uploads and frees race ahead of the kernels
+    that read each batch: every batch must still hold its own rows' images (the upload is ordered on the
+    consumer's stream, and a pinned buffer is refilled only after its copy finished)."""
+    import cupy
+    slow = cupy.ones((2048, 2048), dtype=cupy.float32)
+    seen = []
+    for k, b in enumerate(ds.batches("train", 16, seed=3, epoch=0, device="gpu")):
+        if k == 0:
+            for _ in range(40):                 # ~a second of queued work on the consumer's stream
+                slow = slow @ slow / 2048
+        seen.append((b.index.copy(), b.x * 1))  # a kernel reading the batch, queued behind the work
+    cupy.cuda.get_current_stream().synchronize()
+    for index, x in seen:
+        want = ds.images("train", index).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        assert np.array_equal(x.get(), want)
+
+
+def _fake_cupy():
+    """Just enough of CuPy to run _PinnedRing on the CPU, with copies that really are deferred: a copy
+    queued on the stream runs only when an event recorded after it is waited on (or at the end), as a
+    GPU that runs behind would run it."""
+    class Stream:
+        def __init__(self):
+            self.pending, self.done = [], 0
+
+        def run_until(self, n):
+            while self.done < n:
+                self.pending[self.done]()
+                self.done += 1
+
+    stream = Stream()
+
+    class DeviceArray:
+        def __init__(self, shape, dtype):
+            self.data = np.full(shape, 77, dtype=dtype)
+
+        def set(self, host, stream):
+            stream.pending.append(lambda: np.copyto(self.data, host))
+
+    class Event:
+        def __init__(self, disable_timing=False):
+            self.stream, self.at = None, 0
+
+        def record(self, s):
+            self.stream, self.at = s, len(s.pending)
+
+        def synchronize(self):
+            self.stream.run_until(self.at)
+
+    from types import SimpleNamespace
+    cuda = SimpleNamespace(Event=Event, get_current_stream=lambda: stream)
+    return SimpleNamespace(cuda=cuda, empty=lambda shape, dtype: DeviceArray(shape, dtype)), stream
+
+
+@pytest.mark.parametrize("slots_beyond_queue", [2, 1])
+def test_pinned_ring_refills_a_buffer_only_after_its_copy(ds, monkeypatch, slots_beyond_queue):
+    """The host side of the GPU upload on the CPU: the worker reads batches into the pinned ring while the
+    consumer queues deferred copies out of it. With two slots beyond the queue's depth (what
+    BatchIterator uses), every copy delivers its own batch; with one, a slot can be refilled before its
+    copy was even queued, and a batch arrives holding another batch's images."""
+    import queue
+    import sys
+    import threading
+    import time
+    import types
+    cp, stream = _fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=np.empty))
+    prefetch = 2
+    ring = batches_mod._PinnedRing(cp, prefetch + slots_beyond_queue)
+    order = batches_mod.epoch_order(ds.split_size("train"), 5, 0)
+    rows = [np.sort(order[k * 8:(k + 1) * 8]) for k in range(12)]
+    split_rows = ds._split_rows("train")
+
+    reads = []
+
+    def produce(stop):                       # as _streaming_producer does, counting the reads
+        for k, r in enumerate(rows):
+            item = ring.read(k % len(ring.buffers), ds._images_dset(), split_rows[r])
+            reads.append(k)
+            yield item
+    q, stop = queue.Queue(maxsize=prefetch), threading.Event()
+    worker = threading.Thread(target=batches_mod._worker, args=(produce, q, stop), daemon=True)
+    worker.start()
+    uploaded = []
+    for k in range(len(rows)):
+        item = q.get()
+        # a slow consumer: the worker reads as far ahead as it can (k + prefetch + 1) before the upload
+        deadline = time.time() + 10
+        while len(reads) < min(len(rows), k + prefetch + 2) and time.time() < deadline:
+            time.sleep(0.002)
+        uploaded.append(ring.upload(item))
+    stream.run_until(len(stream.pending))
+    stop.set()
+    ok = [np.array_equal(u.data, ds.images("train", r)) for u, r in zip(uploaded, rows)]
+    if slots_beyond_queue == 2:
+        assert all(ok)
+    else:
+        assert not all(ok)
+
+
 def test_early_break_and_garbage_collection_stop_the_thread(ds):
     it = ds.batches("train", 8, prefetch=2)
     thread = it._thread

@@ -22,12 +22,13 @@ def usage_error(argv, capsys):
 
 
 BAD_PREPARE = [
-    (["--workers", "-3"], "--workers: must be from 1 to 256, got -3"),
-    (["--workers", "0"], "--workers: must be from 1 to 256, got 0"),
-    (["--workers", "100000"], "--workers: must be from 1 to 256"),
+    (["--workers", "-3"], "--workers: must be in [1, 256], got -3"),
+    (["--workers", "0"], "--workers: must be in [1, 256], got 0"),
+    (["--workers", "100000"], "--workers: must be in [1, 256]"),
     (["--workers", "2.5"], "--workers: expected an integer, got '2.5'"),
-    (["--image-size", "0x44"], "--image-size: each side must be from 1 to 4096, got '0x44'"),
-    (["--image-size", "100000x100000"], "--image-size: each side must be from 1 to 4096"),
+    (["--image-size", "0x44"], "--image-size: each side must be in [1, 1024], got '0x44'"),
+    (["--image-size", "100000x100000"], "--image-size: each side must be in [1, 1024]"),
+    (["--image-size", "1025x178"], "--image-size: each side must be in [1, 1024], got '1025x178'"),
     (["--image-size", "54x44x3"], "--image-size: expected HxW"),
     (["--image-size", "nanxinf"], "--image-size: expected HxW"),
     (["--attributes", "Male", "Male"], "--attributes: a name is given twice"),
@@ -52,15 +53,15 @@ def test_prepare_paths_checked_at_parse_time(synth_root, tmp_path, capsys):
 
 
 BAD_SYNTHESIZE = [
-    (["--count", "-5"], "--count: must be from 1 to 999999, got -5"),
-    (["--count", "0"], "--count: must be from 1 to 999999, got 0"),
+    (["--count", "-5"], "--count: must be in [1, 999999], got -5"),
+    (["--count", "0"], "--count: must be in [1, 999999], got 0"),
     (["--count", "1e9"], "--count: expected an integer, got '1e9'"),
-    (["--seed", "-1"], "--seed: must be at least 0, got -1"),
-    (["--label-noise", "2"], "--label-noise: must be a number from 0 to 0.5, got '2'"),
-    (["--label-noise", "-0.1"], "--label-noise: must be a number from 0 to 0.5"),
-    (["--label-noise", "nan"], "--label-noise: must be a number from 0 to 0.5, got 'nan'"),
-    (["--label-noise", "inf"], "--label-noise: must be a number from 0 to 0.5, got 'inf'"),
-    (["--workers", "-1"], "--workers: must be from 1 to 256, got -1"),
+    (["--seed", "-1"], "--seed: must be in [0, inf), got -1"),
+    (["--label-noise", "2"], "--label-noise: must be in [0, 0.5], got 2"),
+    (["--label-noise", "-0.1"], "--label-noise: must be in [0, 0.5]"),
+    (["--label-noise", "nan"], "--label-noise: expected a finite number, got 'nan'"),
+    (["--label-noise", "inf"], "--label-noise: expected a finite number, got 'inf'"),
+    (["--workers", "-1"], "--workers: must be in [1, 256], got -1"),
 ]
 
 

@@ -147,3 +147,19 @@ def test_synthesize_checks_space_and_cleans_up_a_failed_write(tmp_path, monkeypa
     with pytest.raises(DataError, match=r"s: writing failed: \[Errno 28\] No space left on device; the partial "):
         synthetic_mod.synthesize(tmp_path / "s", count=3, workers=1, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synthesize_into_a_folder_filled_meanwhile_says_so(tmp_path, monkeypatch):
+    """Two `synthesize OUT` at once: the second used to fail with "[Errno 39] Directory not empty"."""
+    synthetic_mod = importlib.import_module("tinyconv.data.synthetic")
+    real = synthetic_mod._write_annotations
+
+    def other_process_finishes_first(root, *a):
+        real(root, *a)
+        (tmp_path / "s").mkdir()
+        (tmp_path / "s" / "list_attr_celeba.txt").write_text("the other run's")
+    monkeypatch.setattr(synthetic_mod, "_write_annotations", other_process_finishes_first)
+    with pytest.raises(DataError, match=r"s: another process wrote this folder meanwhile; this run's copy"):
+        synthetic_mod.synthesize(tmp_path / "s", count=2, workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert (tmp_path / "s" / "list_attr_celeba.txt").read_text() == "the other run's"

@@ -98,3 +98,19 @@ def test_exif_orientation_is_applied_before_cropping(tmp_path):
     with Image.open(path) as img:
         got = resize_to_model(img, (218, 178))
     np.testing.assert_array_equal(got, resize_to_model(upright, (218, 178)))
+
+
+def test_a_16bit_grey_image_is_read_by_its_format_range_in_prepare_as_in_predict():
+    """One conversion for training data and prediction: 16-bit grey is v >> 8 (not scaled by the image's
+    own maximum, which made one bright pixel change every other pixel), float images 0-1."""
+    import numpy as np
+    from PIL import Image
+    from tinyconv.data.resize import resize_to_model, to_8bit
+    a = np.full((218, 178), 200, dtype=np.uint16)
+    a[0, 0] = 256                                  # one pixel above 255: the old code rescaled everything
+    img = Image.fromarray(a)                       # mode I;16
+    np.testing.assert_array_equal(np.asarray(to_8bit(img, "x")), (a >> 8).astype(np.uint8))
+    out = resize_to_model(img, (218, 178))
+    assert out.shape == (218, 178, 3) and out[100, 100].tolist() == [0, 0, 0]
+    f = Image.fromarray(np.full((218, 178), 0.5, dtype=np.float32))   # mode F
+    assert resize_to_model(f, (218, 178))[5, 5].tolist() == [128, 128, 128]

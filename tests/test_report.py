@@ -248,7 +248,7 @@ def test_cli_validation_thresholds_and_seeds(exp, tmp_path, capsys):
         (runs / name / "config.json").write_text(json.dumps(info))
     out = tmp_path / "out"
     assert evaluate_cli.main([str(runs), "--out", str(out), "--thresholds", "validation", "--no-progress"]) == 0
-    assert "constant (2 runs)" in capsys.readouterr().out
+    assert "constant (2 seeds)" in capsys.readouterr().out
     md = (out / "comparison.md").read_text()
     table = comparison_csv(out)
     assert {"constant mean", "constant std"} <= set(table["test_acc_mean"])

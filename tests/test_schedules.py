@@ -297,3 +297,35 @@ def test_lr_decay_on_plateau_decides_exactly_as_keras(seq, lr, factor, patience,
         assert math.isclose(ours.lr, keras.lr, rel_tol=1e-6), f"epoch {epoch}"
         assert (ours.wait, ours.cooldown_counter) == (keras.wait, keras.cooldown_counter)
         assert ours.best == keras.best
+
+
+# --- the batch size that follows the measured gradient noise scale ----------------------------------
+
+def test_noise_following_batch_size_moves_only_by_more_than_the_factor():
+    from tinyconv.schedules import BatchSizeFollowsNoise
+    s = BatchSizeFollowsNoise(32, 512, factor=2.0)
+    seq = [None, 40.0, 70.0, 412.0, 300.0, 1e6, 98.0, 90.0]
+    got = [s.step({"grad_noise_scale": v, "val_loss": 0.5}) for v in seq]
+    # None: no estimate; 40 -> 40 (not > 2x32); 70 -> 72 > 64: change; 412 -> 416 > 144: change;
+    # 300 -> 296 (within 2x of 416); 1e6 -> capped 512 (not > 832); 98 -> 96, 96 * 2 < 416: down;
+    # 90 -> 88 (within 2x of 96)
+    assert got == [None, None, 72, 416, None, None, 96, None]
+    assert s.batch_size == 96 and s.lr is None
+    assert str(s.last_change) == "epoch 7: batch_size 416 -> 96 (B_simple 98 < batch 416 / 2)"
+
+
+def test_noise_following_batch_size_rounds_clamps_resumes_and_refuses_a_missing_metric():
+    from tinyconv.schedules import BatchSizeFollowsNoise
+    s = BatchSizeFollowsNoise(16, 128, factor=1.5, multiple=8)
+    assert [s.target(v) for v in (1.0, 19.9, 20.0, 27.9, 1000.0)] == [16, 16, 24, 24, 128]
+    assert s.step(412.0) == 128
+    assert "B_simple 412 > 1.5 x batch 16" in str(s.last_change)
+    copy = BatchSizeFollowsNoise(16, 128, factor=1.5)
+    copy.load_state_dict(s.state_dict())
+    assert copy.batch_size == 128 and copy.epoch == 1 and copy.last_change == s.last_change
+    with pytest.raises(ValueError, match="grad_noise_scale"):
+        s.step({"val_loss": 0.3})
+    for bad in (dict(batch_size=0, max_batch_size=8), dict(batch_size=16, max_batch_size=8),
+                dict(batch_size=8, max_batch_size=64, factor=1.0)):
+        with pytest.raises(ValueError):
+            BatchSizeFollowsNoise(**bad)

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tinyconv.training as training
 from tinyconv.checkpoint import load_checkpoint, read_checkpoint_meta
 from tinyconv.rundir import FolderLock, RunDirError, claim_new, unique_dir
 from tinyconv.training import Run, TrainConfig, TrainingError, open_data
@@ -349,13 +348,42 @@ def test_nan_stop_says_no_checkpoint_exists_when_none_does(cache, tmp_path):
     ds.close()
 
 
-def test_every_train_option_has_help_and_shows_its_default():
-    text = train_cli.parser().format_help().split("options:")[1]
-    for action in train_cli.parser()._actions:
+@pytest.mark.parametrize("tool", ["train", "evaluate", "export"])
+def test_every_option_has_help_and_shows_its_default(tool):
+    """--help of train.py, evaluate.py and export.py: a line of help for every option, and its default
+    wherever it has one (tinyconv.data, predict.py and the app have the same test beside them)."""
+    module = __import__(tool)
+    p = module.parser()
+    text = p.format_help().split("options:")[1]
+    for action in p._actions:
         if action.dest == "help":
             continue
-        assert action.help, action.dest
+        assert action.help, (tool, action.dest)
         if action.default not in (None, False, ()) and action.option_strings:
             opt = action.option_strings[0]
             block = text[text.index(f"  {opt}"):].split("\n  --")[0]
-            assert "(default:" in block, (opt, block)
+            assert "default" in block, (tool, opt, block)
+
+
+# --- seeds --------------------------------------------------------------------------------------------
+
+def test_seeds_run_every_schedule_per_seed_in_one_experiment_and_resume(cache, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    assert train(cache, "--schedule", "constant", "--seeds", "3,5", "--run-dir", str(exp), epochs=1) == 0
+    out = capsys.readouterr().out
+    assert "warm-up: kernels ready in" in out and "not counted in any run's wall time" in out
+    info = json.loads((exp / "experiment.json").read_text())
+    assert info["runs"] == ["seed3-constant", "seed5-constant"] and info["seeds"] == [3, 5]
+    for name, seed in (("seed3-constant", 3), ("seed5-constant", 5)):
+        assert json.loads((exp / name / "config.json").read_text())["config"]["seed"] == seed
+    assert "constant (2 seeds)" in (exp / "comparison.md").read_text()
+    # resume the whole experiment one epoch further: both runs continue, the report covers both
+    assert train_cli.main(["--resume", str(exp), "--epochs", "2", "--no-progress"]) == 0
+    for name in ("seed3-constant", "seed5-constant"):
+        assert len((exp / name / "metrics.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(SystemExit) as stop:
+        train_cli.main(["--seed", "1", "--seeds", "1,2"])
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit):
+        train_cli.main(["--seeds", "1,1"])
+    assert "distinct non-negative seeds" in capsys.readouterr().err

@@ -62,6 +62,7 @@ def test_all_schedules_write_every_file(cache, tmp_path):
         assert rows[-1]["updates"] == sum(-(-n_train // r["batch_size"]) for r in rows)
         for r in rows:
             assert r["noise_scale"] == pytest.approx(r["lr"] * n_train / r["batch_size"])
+            assert r["noise_scale_exact"] == pytest.approx(r["lr"] * (n_train / r["batch_size"] - 1))
             assert r["images_seen"] == n_train * r["epoch"]
     text = (tmp_path / "exp" / "comparison.md").read_text()
     assert "NOT CelebA" in text and "test accuracy" in text
@@ -203,7 +204,7 @@ def run_cli(*args, cwd, **kw):
 
 @pytest.mark.parametrize("args,message", [
     (["--epochs", "0"], "argument --epochs: must be in [1, inf), got 0"),
-    (["--image-size", "10x10"], "each side must be 32 to 4096"),
+    (["--image-size", "10x10"], "each side must be in [32, 1024]"),
     (["--image-size", "big"], "expected HxW"),
     (["--factor", "1"], "factor"),
     (["--batch-size", "64", "--max-batch-size", "32"], "max_batch_size"),
@@ -268,3 +269,56 @@ def test_batches_that_would_not_fit_are_split_not_crashed(cache, tmp_path, monke
     with pytest.raises(TrainingError, match="more than the free memory"):
         Run(cfg, tmp_path / "tiny", ds)
     ds.close()
+
+
+def test_lagged_losses_read_one_step_late_without_a_blocking_device_read(monkeypatch):
+    """The GPU side with a stand-in for CuPy whose copies are deferred: each loss comes back one step
+    late and right, read through pinned memory after an event, never by a blocking read of the device
+    scalar (which would wait for the step queued after it)."""
+    import sys
+    import types
+    from tinyconv.training import LaggedLosses
+    pending = []
+
+    class DeviceScalar:
+        def __init__(self, v):
+            self.v = np.float32(v)
+
+        def astype(self, dtype, copy=True):
+            return self
+
+        def __float__(self):
+            raise AssertionError("a blocking read of a device scalar")
+
+    class Event:
+        def record(self):
+            self.at = len(pending)
+
+        def synchronize(self):
+            for op in pending[:self.at]:
+                op()
+
+    def asnumpy(a, out, blocking=True):
+        assert not blocking
+        pending.append(lambda: out.__setitem__((), a.v))
+
+    fake = types.SimpleNamespace(float32=np.float32, asnumpy=asnumpy,
+                                 cuda=types.SimpleNamespace(Event=lambda disable_timing: Event()))
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=np.empty))
+    reader = LaggedLosses(fake)
+    got = [reader.push(DeviceScalar(v), n) for v, n in ((0.5, 8), (0.25, 8), (0.125, 4))] + [reader.pop()]
+    assert got == [None, (0.5, 8), (0.25, 8), (0.125, 4)] and reader.pop() is None
+    cpu = LaggedLosses(np)
+    assert cpu.push(np.float32(1.5), 3) is None and cpu.pop() == (1.5, 3)
+
+
+def test_the_exact_noise_scale_has_the_momentum_factor_for_sgd(cache, tmp_path):
+    """Smith & Le: g = lr / (1 - m) * (N / B - 1); hand-computed for N = 100, B = 20, lr 0.1, m 0.9."""
+    from tinyconv.training import sgd_noise_scale
+    assert sgd_noise_scale(0.1, 100, 20, 0.9) == pytest.approx(0.1 / 0.1 * 4)
+    assert sgd_noise_scale(0.1, 100, 20) == pytest.approx(0.4)
+    run = Run(config(cache, epochs=1, optimizer="sgd", momentum=0.5, lr=0.01), tmp_path / "sgd", open_data(config(cache)))
+    row = run.train()[0]
+    n = json.loads((tmp_path / "sgd" / "config.json").read_text())["data"]["sizes"]["train"]
+    assert row["noise_scale_exact"] == pytest.approx(0.01 / 0.5 * (n / 16 - 1))
+    run.ds.close()

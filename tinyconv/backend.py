@@ -35,8 +35,8 @@ def gpu_available():
 def gpu_status():
     """A one-line, human-readable account of why the GPU can or cannot be used."""
     if _cupy is None:
-        return (f"CuPy is not installed ({_CUPY_IMPORT_ERROR}); install the GPU extra, "
-                "e.g. `pip install -e .[gpu]` (cupy-cuda12x[ctk]) or cupy-cuda13x for CUDA 13")
+        return (f"CuPy is not installed ({_CUPY_IMPORT_ERROR}); install the GPU extra: "
+                "`pip install -e .[gpu]` for CUDA 12 drivers, `pip install -e .[gpu-cuda13]` for CUDA 13")
     if not gpu_available():
         return f"CuPy {_cupy.__version__} is installed but sees no CUDA device (driver or GPU missing)"
     props = _cupy.cuda.runtime.getDeviceProperties(0)

@@ -35,6 +35,20 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False):
     return parse
 
 
+def image_size(lo, hi):
+    """HxW (e.g. 218x178), each side an int in [lo, hi] -> (H, W)."""
+    def parse(text):
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected HxW such as 218x178 or 54x44, got {text!r}") from None
+        if not (lo <= h <= hi and lo <= w <= hi):
+            raise argparse.ArgumentTypeError(f"each side must be in [{lo}, {hi}], got {text!r}")
+        return (h, w)
+    parse.__name__ = "HxW"
+    return parse
+
+
 def _check_range(v, lo, hi, text, lo_open=False, hi_open=False):
     low_bad = lo is not None and (v <= lo if lo_open else v < lo)
     high_bad = hi is not None and (v >= hi if hi_open else v > hi)
@@ -45,5 +59,12 @@ def _check_range(v, lo, hi, text, lo_open=False, hi_open=False):
         raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default after its help text."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default after its help text (unless the
+    text already says it; flags and options without a default say nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"

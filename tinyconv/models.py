@@ -18,10 +18,11 @@ SEED_CHANNELS = (32, 64, 128, 128, 192)
 
 # The bounds of a seed_cnn config. Width 8 is ~30M parameters (64x the default, ~118 MB in float32),
 # far past the study's widths (<= 2) yet still buildable anywhere; the bound also keeps a stored width
-# from asking for terabytes. 32 pixels is the least five 2x2 poolings leave a pixel of; 4096 is the
-# training loop's own limit. 40 outputs: CelebA has 40 attributes, and a run picks distinct ones.
+# from asking for terabytes. 32 pixels is the least five 2x2 poolings leave a pixel of; 1024 is the
+# limit of prepare, predict and the training loop (CelebA is 218x178). 40 outputs: CelebA has 40
+# attributes, and a run picks distinct ones.
 MAX_WIDTH = 8.0
-MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 4096
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 1024
 MAX_CHANNELS_IN = 4                 # grey, RGB or RGBA
 MAX_OUTPUTS = 40
 

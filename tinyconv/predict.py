@@ -26,14 +26,14 @@ from numbers import Integral
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import CheckpointError
 from .data.batches import to_model_input
-from .data.resize import FULL_SIZE, RESIZE_POLICY, crop_box, resize_to_model
+from .data.resize import FULL_SIZE, MAX_PIXELS, RESIZE_POLICY, crop_box, resize_to_model
+from .data.resize import to_8bit as _to_8bit
 from .export.source import DEFAULT_RUNS_DIR, ModelSourceError, find_checkpoint, load_trained, newest_run
 
-MAX_PIXELS = 50_000_000  # decompression-bomb guard: 50 megapixels (a 12 MP phone photo is far below)
 # The smallest centre crop (the part of the image the model sees) accepted, in pixels a side, or the
 # model's own input size when that is smaller. Below it the policy would stretch a few pixels over the
 # whole input (a 1x1 image becomes a flat colour): a prediction on that means nothing.
@@ -48,36 +48,12 @@ class ImageInputError(ValueError):
 
 
 def to_8bit(img, where):
-    """Reduce an image deeper than 8 bits to mode L by its format's range; other images pass unchanged.
-
-    - 16-bit grey (``I;16``, ``I;16B``...; ``I`` from a 16-bit PNG or PGM): the top byte, ``v >> 8``,
-      as Pillow itself reads 16-bit RGB files (never scaled by the image's own maximum).
-    - Float (``F``, e.g. a float TIFF): 0.0 is black and 1.0 white, ``floor(v * 255 + 0.5)``; values
-      outside [0, 1], NaN or infinity are refused rather than clipped.
-    - Any other 32-bit integer image (``I`` from a TIFF or built in memory) has no defined range and
-      is refused.
-    The EXIF orientation is applied first (the converted image carries no EXIF).
-    """
-    mode = img.mode
-    if not (mode.startswith("I") or mode == "F"):
-        return img
-    if img.getexif().get(0x0112, 1) != 1:  # 0x0112: Orientation; resize_to_model could not see it later
-        img = ImageOps.exif_transpose(img)
-    a = np.asarray(img)
-    if mode.startswith("I;16"):
-        return Image.fromarray((a.astype(np.uint16) >> 8).astype(np.uint8))
-    if mode == "I":
-        if img.format not in ("PNG", "PPM") or (a.size and (a.min() < 0 or a.max() > 65535)):
-            raise ImageInputError(f"{where}: a 32-bit integer image (Pillow mode I) has no defined range; "
-                                  "save it as an 8- or 16-bit image")
-        return Image.fromarray((a.astype(np.uint16) >> 8).astype(np.uint8))
-    if a.size and not np.isfinite(a).all():
-        raise ImageInputError(f"{where}: a float image with NaN or infinite values")
-    if a.size and (a.min() < 0 or a.max() > 1):
-        raise ImageInputError(f"{where}: a float image with values from {a.min():g} to {a.max():g}; "
-                              "float images are read as 0.0 (black) to 1.0 (white): scale it to that "
-                              "range or save it as an 8-bit image")
-    return Image.fromarray(np.floor(a * np.float32(255) + np.float32(0.5)).astype(np.uint8))
+    """:func:`tinyconv.data.resize.to_8bit` (deep images by their format's range), its refusals raised as
+    ImageInputError."""
+    try:
+        return _to_8bit(img, where)
+    except ValueError as exc:
+        raise ImageInputError(str(exc)) from None
 
 
 def read_image(path, max_pixels=MAX_PIXELS):

@@ -165,18 +165,35 @@ def atomic_write_text(path, text):
         raise
 
 
-def write_experiment_file(folder, schedules, command=None):
+def run_name(schedule, seed=None):
+    """A run folder's name inside an experiment: the schedule, or seed<k>-<schedule> with --seeds."""
+    return schedule if seed is None else f"seed{seed}-{schedule}"
+
+
+def write_experiment_file(folder, schedules, seeds=None, command=None):
     """experiment.json: what an experiment folder holds (read by --resume and the report)."""
-    info = {"schedules": list(schedules), "command": command or " ".join(sys.argv),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cwd": os.getcwd()}
+    runs = [run_name(s) for s in schedules] if seeds is None else [run_name(s, k) for k in seeds for s in schedules]
+    info = {"schedules": list(schedules), "seeds": None if seeds is None else list(seeds), "runs": runs,
+            "command": command or " ".join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cwd": os.getcwd()}
     atomic_write_text(Path(folder) / EXPERIMENT_FILE, json.dumps(info, indent=2) + "\n")
 
 
-def experiment_runs(folder):
-    """{schedule: run folder} of an experiment folder: from experiment.json, else the subfolders."""
-    folder = Path(folder)
+def read_experiment_file(folder):
+    """experiment.json as a dict, or {} when there is none (older experiments) or it is unreadable."""
     try:
-        names = json.loads((folder / EXPERIMENT_FILE).read_text())["schedules"]
-    except (OSError, ValueError, KeyError):
+        info = json.loads((Path(folder) / EXPERIMENT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def experiment_runs(folder):
+    """{run name: run folder} of an experiment folder: from experiment.json, else the subfolders."""
+    folder = Path(folder)
+    info = read_experiment_file(folder)
+    try:
+        names = info.get("runs") or info["schedules"]
+    except KeyError:
         names = sorted(d.name for d in folder.iterdir() if d.is_dir() and (d / "config.json").is_file())
     return {name: folder / name for name in names}

@@ -316,6 +316,60 @@ class BatchSizeAtMilestones(_BatchIncrease):
                          MilestoneTrigger(milestones))
 
 
+class BatchSizeFollowsNoise(_Schedule):
+    """The batch size follows the measured gradient noise scale B_simple (tinyconv/noise.py; McCandlish
+    et al. 2018), the learning rate stays constant.
+
+    At the end of each epoch the target is B_simple rounded to a multiple of ``multiple`` and clamped to
+    [``batch_size``, ``max_batch_size``]; the batch size changes to it only when the target differs from
+    it by more than ``factor`` (up or down), so that the noisy estimate does not make it flap. No
+    estimate yet (``None``: the averages are not both positive) changes nothing. Monitors
+    ``grad_noise_scale`` in the metrics dict (or takes the number itself).
+    """
+
+    def __init__(self, batch_size, max_batch_size, factor=2.0, multiple=8, monitor="grad_noise_scale"):
+        if isinstance(batch_size, bool) or not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not (isinstance(max_batch_size, (int, np.integer)) and max_batch_size >= batch_size):
+            raise ValueError(f"max_batch_size must be an integer >= batch_size ({batch_size}), got {max_batch_size!r}")
+        if not (isinstance(multiple, (int, np.integer)) and multiple >= 1):
+            raise ValueError(f"multiple must be an integer >= 1, got {multiple!r}")
+        super().__init__(int(batch_size))
+        self.min_batch_size, self.max_batch_size = int(batch_size), int(max_batch_size)
+        self.factor, self.multiple, self.monitor = _check_factor(factor), int(multiple), monitor
+
+    batch_size = property(lambda self: self.current)
+
+    def target(self, b_simple):
+        """B_simple rounded to the nearest multiple (half up), clamped to the allowed range."""
+        rounded = int(math.floor(b_simple / self.multiple + 0.5)) * self.multiple
+        return min(max(rounded, self.min_batch_size), self.max_batch_size)
+
+    def step(self, metric=None):
+        value = metric.get(self.monitor) if isinstance(metric, dict) else metric
+        if isinstance(metric, dict) and self.monitor not in metric:
+            raise ValueError(f"the schedule follows {self.monitor!r}, which is missing from the metrics "
+                             f"(available: {', '.join(map(str, metric)) or 'none'})")
+        self.epoch += 1
+        if value is None or not math.isfinite(float(value)) or float(value) <= 0:
+            return None
+        b, value = self.current, float(value)
+        new = self.target(value)
+        if new > b * self.factor:
+            reason = f"B_simple {value:.0f} > {self.factor:g} x batch {b}"
+        elif new * self.factor < b:
+            reason = f"B_simple {value:.0f} < batch {b} / {self.factor:g}"
+        else:
+            return None
+        self.current = new
+        self.last_change = Change(self.epoch, "batch_size", b, new, reason)
+        return new
+
+    def state_dict(self):
+        return {"schedule": type(self).__name__, "epoch": self.epoch, "current": self.current,
+                "last_change": asdict(self.last_change) if self.last_change else None}
+
+
 def make_schedule(name, *, lr, batch_size, factor=None, patience=None, min_delta=1e-4, cooldown=0,
                   min_lr=0.0, max_batch_size=None, on_max="stop", milestones=None,
                   monitor="val_loss", mode="min"):

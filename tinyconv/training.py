@@ -24,7 +24,7 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import BCEWithLogits
 from .models import MAX_INPUT_SIDE, MAX_WIDTH, MIN_INPUT_SIDE, build_model, check_state_fits, seed_cnn
 from .optim import SGD, Adam
-from .rundir import atomic_write_text, lock_run, remove_leftovers, write_experiment_file
+from .rundir import atomic_write_text, experiment_runs, lock_run, remove_leftovers, run_name, write_experiment_file
 from .schedules import SCHEDULES, make_schedule
 
 ATTRIBUTES = ("Eyeglasses", "Male", "Smiling")
@@ -160,7 +160,7 @@ def metric_columns(attributes):
     for split in ("train", "val"):
         cols += [f"{split}_acc_{a}" for a in attributes] + [f"{split}_acc_mean"]
     cols += ["batch_size", "lr", "updates", "images_seen", "epoch_time_s", "wall_time_s", "images_per_s",
-             "noise_scale", "change"]
+             "noise_scale", "noise_scale_exact", "change"]
     return cols
 
 
@@ -540,28 +540,29 @@ class Run:
                            desc=f"{cfg.schedule} epoch {self.epoch + 1}/{cfg.epochs}", unit="batch")
         acc = self.accum
         correct = xp.asarray(np.asarray(acc["correct"], dtype=np.int64))
-        lagging = None                     # last step's loss array: read one step late (no GPU stall)
+        losses = LaggedLosses(xp)          # each step's loss read one step late (no GPU stall)
         t0 = time.perf_counter()
         try:
             for batch in batches:
                 loss = self.step(batch)
                 n = len(batch.index)
                 correct += self._batch_correct
-                if lagging is not None:
-                    self._account(float(lagging[0]), lagging[1], bar)
-                lagging = (loss, n)
+                previous = losses.push(loss, n)
+                if previous is not None:
+                    self._account(*previous, bar)
                 self.batch += 1
                 self.updates += 1
                 self.images_seen += n
                 acc["seen"] += n
                 self.stop.check()
-            if lagging is not None:
-                self._account(float(lagging[0]), lagging[1], bar)
-                lagging = None
+            last = losses.pop()
+            if last is not None:
+                self._account(*last, bar)
         finally:
             # On Ctrl-C, keep the exact position: the running sums for the batches done so far.
-            if lagging is not None:
-                self._account(float(lagging[0]), lagging[1], None)
+            last = losses.pop()
+            if last is not None:
+                self._account(*last, None)
             acc["correct"] = [int(c) for c in to_cpu(correct)]
             acc["seconds"] += time.perf_counter() - t0
             self.wall_time += time.perf_counter() - t0
@@ -569,6 +570,9 @@ class Run:
             batches.close()
             self.model.clear_cache()
         assert len(acc["correct"]) == K
+
+    def _momentum(self):
+        return self.cfg.momentum if self.cfg.optimizer == "sgd" else 0.0
 
     def _account(self, loss_value, n, bar):
         if not math.isfinite(loss_value):
@@ -625,7 +629,9 @@ class Run:
         row.update({"batch_size": self.batch_size, "lr": self.lr, "updates": self.updates,
                     "images_seen": self.images_seen, "epoch_time_s": acc["seconds"], "wall_time_s": self.wall_time,
                     "images_per_s": acc["seen"] / max(acc["seconds"], 1e-9),
-                    "noise_scale": self.lr * n_train / self.batch_size, "change": self.pending_change})
+                    "noise_scale": self.lr * n_train / self.batch_size,
+                    "noise_scale_exact": sgd_noise_scale(self.lr, n_train, self.batch_size, self._momentum()),
+                    "change": self.pending_change})
         self.metrics.append(row)
         self._append_metrics(row)
         self.log(f"{cfg.schedule} epoch {self.epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
@@ -653,6 +659,13 @@ class Run:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def sgd_noise_scale(lr, n, batch_size, momentum=0.0):
+    """Smith & Le's SGD noise scale g = lr / (1 - momentum) * (N / B - 1); the logged ``noise_scale``
+    lr * N / B is its approximation for B << N without momentum. For Adam tinyconv logs the same
+    expression with momentum 0: a reference point, not Adam's own theory (see walkthrough 5)."""
+    return lr / (1.0 - momentum) * (n / batch_size - 1.0)
+
 
 def finite_or_none(v):
     return None if v is None or not math.isfinite(v) else float(v)
@@ -693,6 +706,48 @@ def write_line(text):
     from tqdm import tqdm
     tqdm.write(text, file=sys.stdout)
     sys.stdout.flush()
+
+
+class LaggedLosses:
+    """Step losses read on the host one step late, without making the device wait.
+
+    ``push(loss, n)`` takes step k's loss (a device scalar) and returns step k-1's (value, n), or None;
+    ``pop()`` returns the one still held. On the CPU the value is read at once. On the GPU, reading a
+    device scalar (``float(loss)``) queues a synchronous copy behind everything queued so far, the
+    next step included, so the GPU would idle while the host queued the step after. Instead each loss
+    is copied asynchronously into pinned memory right after its step is queued, with an event behind
+    the copy; reading it a step later waits for that step only, while the device runs the next one.
+    """
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.gpu = xp is not np
+        self.held = None
+        self.slots, self.turn = [], 0      # two pinned float32 scalars, used in turn (GPU)
+
+    def push(self, loss, n):
+        previous = self.pop()
+        if not self.gpu:
+            self.held = (float(loss), n)
+            return previous
+        if not self.slots:
+            import cupyx
+            self.slots = [cupyx.empty_pinned((), dtype=np.float32) for _ in range(2)]
+        host = self.slots[self.turn]
+        self.turn ^= 1
+        self.xp.asnumpy(loss.astype(self.xp.float32, copy=False), out=host, blocking=False)
+        done = self.xp.cuda.Event(disable_timing=True)
+        done.record()
+        self.held = (host, done, n)
+        return previous
+
+    def pop(self):
+        held, self.held = self.held, None
+        if held is None or not self.gpu:
+            return held
+        host, done, n = held
+        done.synchronize()
+        return float(host), n
 
 
 class StopNow(BaseException):
@@ -764,31 +819,37 @@ def write_comparison(run_dirs, out_dir, ds, device="cpu"):
     return evaluate_runs(run_dirs, out=out_dir, device=device, datasets=(ds,), progress=False)["table"]
 
 
-def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None):
+def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None, seeds=None):
     """Train each schedule from the same initial weights and data order into ``run_dir/<schedule>``
-    (or ``run_dir`` itself for a single schedule); returns the run folders. Holds the folders' locks
-    (tinyconv/rundir.py) throughout. ``resume``: continue each run that has a last.h5 (``overrides``
-    as for :meth:`Run.resume`)."""
+    (or ``run_dir`` itself for a single schedule without ``seeds``); with ``seeds``, every schedule for
+    every seed into ``run_dir/seed<k>-<schedule>`` (the runs of one seed share their initial weights
+    and data order). Returns the run folders trained. Holds the folders' locks (tinyconv/rundir.py)
+    throughout. ``resume``: continue each run that has a last.h5 (``overrides`` as for
+    :meth:`Run.resume`). The kernels are warmed up first, so no run's wall time pays their compile."""
     run_dir = Path(run_dir)
-    single = len(schedules) == 1
-    dirs = [run_dir] if single else [run_dir / name for name in schedules]
+    plan = [(name, cfg.seed, run_name(name)) for name in schedules] if seeds is None else \
+        [(name, seed, run_name(name, seed)) for seed in seeds for name in schedules]
+    single = len(plan) == 1 and seeds is None
+    dirs = [run_dir] if single else [run_dir / folder for _, _, folder in plan]
     locks = lock_run(run_dir) if single else lock_run(run_dir, experiment=True)
     try:
         if not single:
             locks += [lock for d in dirs for lock in lock_run(d, experiment=run_dir)]
             if not resume or not (run_dir / "experiment.json").is_file():
-                write_experiment_file(run_dir, schedules)
+                write_experiment_file(run_dir, schedules, seeds)
         ds = open_data(cfg)
         try:
-            for name, d in zip(schedules, dirs):
+            warm_up(cfg, ds)
+            for (name, seed, _), d in zip(plan, dirs):
                 if resume and (d / "checkpoints" / "last.h5").is_file():
                     run = Run.resume(d, lambda c: ds, overrides=overrides)
                 else:
-                    c = TrainConfig.from_json({**cfg.to_json(), "schedule": name})
+                    c = TrainConfig.from_json({**cfg.to_json(), "schedule": name, "seed": seed})
                     run = Run(c, d, ds)
                 run.train()
-            if not single:
-                table = write_comparison(dirs, run_dir, ds, cfg.device)
+            if not single:                   # every finished run of the experiment, not only these
+                done = [d for d in experiment_runs(run_dir).values() if (d / "checkpoints" / "best.h5").is_file()]
+                table = write_comparison(done, run_dir, ds, cfg.device)
                 write_line("\n" + table + f"\n\nwrote {run_dir / 'report.md'}, comparison.md/.csv and the plots")
         finally:
             ds.close()
@@ -796,6 +857,26 @@ def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None):
         for lock in locks:
             lock.release()
     return dirs
+
+
+def warm_up(cfg, ds):
+    """One training step of the run's model on two random images, timed and logged apart: the first
+    call of each kernel in a process compiles it (numba on the CPU, NVRTC on the GPU; both load from a
+    disk cache after the first time), and that time belongs to no schedule."""
+    t0 = time.perf_counter()
+    model = seed_cnn(num_outputs=len(ds.attributes), input_shape=(3,) + tuple(ds.image_size), width=cfg.width,
+                     dropout=cfg.dropout, init=cfg.init, seed=cfg.seed).to(cfg.device)
+    xp = xp_for(cfg.device)
+    x = xp.asarray(np.random.default_rng(0).random((2, 3) + tuple(ds.image_size), dtype=np.float32))
+    t = xp.zeros((2, len(ds.attributes)), dtype=xp.float32)
+    loss = BCEWithLogits()
+    loss.forward_array(model.forward(x, True), t)
+    model.backward(loss.backward())
+    build_optimizer(cfg, model).step()
+    if cfg.device == "gpu":
+        xp.cuda.get_current_stream().synchronize()
+    write_line(f"warm-up: kernels ready in {time.perf_counter() - t0:.1f} s (compiled or loaded from the cache; "
+               "not counted in any run's wall time)")
 
 
 def read_config(run_dir):

@@ -1,12 +1,16 @@
 """Run the walkthroughs in docs/walkthroughs/: every ```python block of a Markdown file, in order.
 
-    python -m tinyconv.walkthrough docs/walkthroughs/*.md     # run them, (re)write their figures
+    python -m tinyconv.walkthrough docs/walkthroughs/*.md     # run them; figures to ./walkthrough-figures/
+    python -m tinyconv.walkthrough --figures DIR FILE.md      # figures to DIR
+    python -m tinyconv.walkthrough --update-figures FILE.md   # rewrite the committed docs/walkthroughs/figures/
 
 All blocks of one file share one namespace, as cells of a notebook do, and run in a fresh temporary
 working folder (files a walkthrough writes go there), with matplotlib's non-interactive Agg
-backend. Figures go to the folder :func:`figures_dir` returns: ``figures/`` beside the Markdown file
-by default, so the PNGs the text shows are the ones the code made. The tests pass a temporary folder
-instead and check that every figure the text shows was written.
+backend. Figures go to the folder :func:`figures_dir` returns. From the command line that is
+``./walkthrough-figures/`` unless ``--update-figures`` is given: the committed figures are what one
+machine drew, and a small experiment's last digits depend on the CPU's BLAS, so a reader's rerun
+must not rewrite them (and leave ``git status`` dirty) by surprise. The tests pass a temporary folder
+and check that every figure the text shows was written.
 
 A block whose info string says ``skip-if-missing=MODULE`` (```` ```python skip-if-missing=coremltools ````)
 is skipped, with a note, when that module cannot be imported. Any other failure (an exception, a
@@ -119,14 +123,26 @@ def run(path, figures=None, workdir=None):
 
 
 def main(argv=None):
-    paths = argv if argv is not None else sys.argv[1:]
-    if not paths:
-        print(__doc__.strip().splitlines()[2].strip())
-        return 2
-    for p in paths:
-        r = run(p)
+    import argparse
+    from .cli import HelpFormatter
+    ap = argparse.ArgumentParser(prog="python -m tinyconv.walkthrough", description=__doc__,
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("paths", nargs="+", metavar="FILE.md", help="walkthroughs to run, in order")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--figures", default="walkthrough-figures",
+                       help="folder for the figures they draw")
+    where.add_argument("--update-figures", action="store_true",
+                       help="write the figures beside each Markdown file (figures/), replacing the committed ones")
+    args = ap.parse_args(argv)
+    for p in args.paths:
+        if not Path(p).is_file():
+            ap.error(f"{p}: no such walkthrough file")
+    for p in args.paths:
+        r = run(p, figures=None if args.update_figures else args.figures)
         skipped = f", {len(r.skipped)} skipped" if r.skipped else ""
-        print(f"{p}: {r.blocks_run} blocks{skipped} in {r.seconds:.1f} s; figures: {', '.join(r.figures) or 'none'}")
+        where_to = "figures/" if args.update_figures else args.figures
+        print(f"{p}: {r.blocks_run} blocks{skipped} in {r.seconds:.1f} s; figures in {where_to}: "
+              f"{', '.join(r.figures) or 'none'}")
     return 0
 
 

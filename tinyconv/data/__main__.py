@@ -6,7 +6,6 @@ Exit status: 0 done, 1 failed (bad data, disk full: one line naming the file), 2
 130 interrupted.
 """
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -17,41 +16,9 @@ from .prepare import MAX_IMAGE_SIDE, MAX_WORKERS, prepare
 from .resize import FULL_SIZE
 from .synthetic import DEFAULT_COUNT, MAX_COUNT, synthesize
 
+from ..cli import image_size, integer, number
+
 PROG = "python -m tinyconv.data"
-
-
-def _size(text):
-    try:
-        h, w = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 218x178 or 54x44, got {text!r}") from None
-    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
-        raise argparse.ArgumentTypeError(f"each side must be from 1 to {MAX_IMAGE_SIDE}, got {text!r}")
-    return (h, w)
-
-
-def _int_in(lo, hi=None):
-    """An argparse type: an integer in [lo, hi] (no upper bound when hi is None)."""
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {v}" if hi is not None
-                                             else f"must be at least {lo}, got {v}")
-        return v
-    return parse
-
-
-def _label_noise(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or not 0 <= v <= 0.5:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 0.5, got {text!r}")
-    return v
 
 
 def _existing_folder(text):
@@ -93,7 +60,7 @@ def build_parser():
     pp.add_argument("--out", required=True, type=_output_file, metavar="FILE.h5",
                     help="the .h5 file to write; an existing file is replaced only if it is a tinyconv "
                          "prepared file (required)")
-    pp.add_argument("--image-size", type=_size, default=FULL_SIZE, metavar="HxW",
+    pp.add_argument("--image-size", type=image_size(1, MAX_IMAGE_SIDE), default=FULL_SIZE, metavar="HxW",
                     help=f"stored image size, each side 1 to {MAX_IMAGE_SIDE}; e.g. 109x89 or 54x44 for CPU "
                          f"training (default: {FULL_SIZE[0]}x{FULL_SIZE[1]})")
     pp.add_argument("--attributes", nargs="+", type=_attribute, default=list(DEFAULT_ATTRIBUTES),
@@ -101,7 +68,7 @@ def build_parser():
                                          f"(default: {' '.join(DEFAULT_ATTRIBUTES)})")
     pp.add_argument("--keep-blurry", action="store_true",
                     help="keep images labelled Blurry (default: off, they are dropped)")
-    pp.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=None, metavar="N",
+    pp.add_argument("--workers", type=integer(1, MAX_WORKERS), default=None, metavar="N",
                     help=f"decoding threads, 1 to {MAX_WORKERS} (default: all cores)")
     pp.add_argument("--strict-size", action="store_true",
                     help="fail on an image that is not 218x178 instead of resizing it by the policy "
@@ -109,14 +76,14 @@ def build_parser():
     ps = sub.add_parser("synthesize", help="draw the synthetic stand-in set (NOT CelebA) in CelebA's layout",
                         description="Draw the synthetic stand-in set (NOT CelebA) in CelebA's file layout.")
     ps.add_argument("out", type=_new_folder, help="new (or empty) folder to write")
-    ps.add_argument("--count", type=_int_in(1, MAX_COUNT), default=DEFAULT_COUNT, metavar="N",
+    ps.add_argument("--count", type=integer(1, MAX_COUNT), default=DEFAULT_COUNT, metavar="N",
                     help=f"number of images, 1 to {MAX_COUNT} (default: {DEFAULT_COUNT})")
-    ps.add_argument("--seed", type=_int_in(0), default=0, metavar="S",
+    ps.add_argument("--seed", type=integer(0), default=0, metavar="S",
                     help="non-negative seed; image i is drawn from default_rng([S, i]) (default: 0)")
-    ps.add_argument("--label-noise", type=_label_noise, default=0.03, metavar="P",
+    ps.add_argument("--label-noise", type=number(0, 0.5), default=0.03, metavar="P",
                     help="label flip rate, 0 to 0.5; each label flips with probability "
                          "P * 2 * min(rate, 1 - rate) (default: 0.03)")
-    ps.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=None, metavar="N",
+    ps.add_argument("--workers", type=integer(1, MAX_WORKERS), default=None, metavar="N",
                     help=f"drawing processes, 1 to {MAX_WORKERS} (default: all cores)")
     return {"": p, "prepare": pp, "synthesize": ps}
 

@@ -9,8 +9,17 @@ would have seen. Within a batch the rows come sorted (so HDF5 reads are forward 
 Streaming (``resident=False``): one background thread reads each batch's sorted index runs from the
 file into a fresh uint8 (B, H, W, 3) array and puts it on a queue of at most ``prefetch`` batches, so
 memory holds at most ``prefetch + 2`` batches whatever the dataset size. The main thread converts:
-uint8 NHWC -> float32 NCHW / 255, on the device (for the GPU the uint8 batch is uploaded by the
-worker on its own stream, 4x fewer bytes than float32, and converted there).
+uint8 NHWC -> float32 NCHW / 255, on the device (for the GPU the uint8 batch is uploaded, 4x fewer
+bytes than float32, and converted there).
+
+GPU streaming, ordered by construction: the worker only reads, into page-locked host buffers
+(:class:`_PinnedRing`); the consumer uploads each batch on its **own current stream** (an
+asynchronous copy from pinned memory: the host does not wait) and converts it there. Device memory
+is thus allocated, written, read and freed on one stream, so CuPy's pool can never hand a block to a
+copy while a kernel that reads it is still queued (an upload on a separate non-blocking stream could:
+the pool returns a freed block to the allocating stream's arena without ordering it after the
+consumer's kernels). A host buffer is refilled only after the copy out of it has completed: the
+consumer records an event after each copy and the worker waits on it.
 
 Resident (``resident=True``): the split's uint8 images are loaded once (to the GPU for
 ``device="gpu"``, to RAM on the CPU) and each batch is a gather on that array.
@@ -124,6 +133,42 @@ def _shutdown(stop, q, thread):
         thread.join(timeout=5)
 
 
+class _PinnedRing:
+    """``slots`` page-locked host buffers that the prefetch thread fills in turn (see the module
+    docstring). ``slots`` must exceed the queue's depth by 2: when the worker refills slot i, the
+    consumer has finished ``upload`` for the batch that last used it (it has taken the next one off
+    the queue), so its event exists."""
+
+    def __init__(self, cp, slots):
+        self.cp = cp
+        self.buffers = [None] * slots          # flat uint8 pinned arrays, grown when needed
+        self.events = [None] * slots           # recorded after the copy out of each slot
+
+    def read(self, i, images, rows):
+        """Read ``rows`` of ``images`` into slot i (after its last copy finished) -> (i, host view)."""
+        ev = self.events[i]
+        if ev is not None:
+            ev.synchronize()
+        shape = (len(rows),) + images.shape[1:]
+        nbytes = int(np.prod(shape)) * images.dtype.itemsize
+        if self.buffers[i] is None or self.buffers[i].nbytes < nbytes:
+            import cupyx
+            self.buffers[i] = cupyx.empty_pinned((max(nbytes, 1),), dtype=np.uint8)
+        view = self.buffers[i][:nbytes].view(images.dtype).reshape(shape)
+        return i, read_rows(images, rows, out=view)
+
+    def upload(self, item):
+        """(slot, host view) -> the device array, copied on the caller's current stream."""
+        i, view = item
+        stream = self.cp.cuda.get_current_stream()
+        x = self.cp.empty(view.shape, dtype=view.dtype)
+        x.set(view, stream=stream)             # asynchronous: pinned source, the consumer's stream
+        ev = self.cp.cuda.Event(disable_timing=True)
+        ev.record(stream)
+        self.events[i] = ev
+        return x
+
+
 class BatchIterator:
     """Iterator of :class:`Batch` over one split; see the module docstring. ``len()`` = batches left.
 
@@ -148,14 +193,16 @@ class BatchIterator:
         self._path = dataset.path
         self._pos = 0
         self._thread = None
+        self._ring = None
         if resident:
             self._images = dataset._resident_images(split, device)
             self._queue, self._stop = None, threading.Event()
         else:
             self._images = None
             self._queue, self._stop = queue.Queue(maxsize=prefetch), threading.Event()
+            self._ring = _PinnedRing(require_gpu(), prefetch + 2) if device == "gpu" else None
             produce = _streaming_producer(dataset._images_dset(), dataset._split_rows(split),
-                                          self._batches, device)
+                                          self._batches, device, self._ring)
             self._thread = threading.Thread(target=_worker, args=(produce, self._queue, self._stop),
                                             name=f"tinyconv-prefetch-{split}", daemon=True)
             self._thread.start()
@@ -184,7 +231,7 @@ class BatchIterator:
             if isinstance(item, _Failure):
                 self.close()
                 raise DataError(f"{self._path}: reading a batch failed: {item.exc!r}") from item.exc
-            x_u8 = item
+            x_u8 = item if self._ring is None else self._ring.upload(item)
         self._pos += 1
         x = to_model_input(x_u8, self.xp)
         y = self.xp.asarray(self._labels[rows], dtype=self.xp.float32)
@@ -201,24 +248,20 @@ class BatchIterator:
         self.close()
 
 
-def _streaming_producer(images, split_rows, batches, device):
-    """A generator factory yielding each batch's uint8 images (on the device for the GPU)."""
+def _streaming_producer(images, split_rows, batches, device, ring=None):
+    """A generator factory yielding each batch's uint8 host images: arrays on the CPU; for the GPU,
+    (slot, view) of ``ring``'s pinned buffers, which the consumer uploads (``_PinnedRing.upload``)."""
     if device == "gpu":
         cp = require_gpu()
-        device_id = cp.cuda.Device().id  # the consumer's device: the worker thread must use it too
+        device_id = cp.cuda.Device().id  # the consumer's device: the worker's event waits need it
 
     def produce(stop):
         if device == "gpu":
             with cp.cuda.Device(device_id):
-                stream = cp.cuda.Stream(non_blocking=True)
-                for rows in batches:
+                for k, rows in enumerate(batches):
                     if stop.is_set():
                         return
-                    host = read_rows(images, split_rows[rows])
-                    with stream:
-                        x = cp.asarray(host)
-                    stream.synchronize()  # the copy is done before the consumer's stream uses it
-                    yield x
+                    yield ring.read(k % len(ring.buffers), images, split_rows[rows])
         else:
             for rows in batches:
                 if stop.is_set():

@@ -44,12 +44,13 @@ from .errors import DataError, UsageError
 from .resize import FULL_SIZE, MAX_PIXELS, RESIZE_FILTER, RESIZE_POLICY, resize_to_model
 
 FORMAT_VERSION = 1
-MAX_IMAGE_SIDE = 4096  # the largest stored height or width (CelebA's own is 218x178)
+MAX_IMAGE_SIDE = 1024  # the largest stored height or width (CelebA's own is 218x178)
 MAX_WORKERS = 256
 IMAGE_FORMATS = ("JPEG", "PNG")  # what CelebA holds; Pillow's other decoders are never reached
 _WRITE_BLOCK = 64  # images gathered before one h5py write: fewer, larger writes
 _WRITE_BYTES = 64 << 20  # ... but at most this many bytes of them
 _TASK = 16  # images per thread task: amortises the executor's per-task overhead (~0.5 ms per image)
+_TASK_BYTES = 8 << 20  # ... but fewer for large sizes: 4 tasks per worker wait in memory
 
 
 def settings_key(image_size, attributes, drop_blurry):
@@ -372,14 +373,15 @@ def _write_images(f, source, names, image_size, workers, progress, wrong_size):
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=n, desc=f"prepare {h}x{w}", unit="img", disable=not progress) as bar:
         pending = collections.deque()  # bounded window of futures, consumed in order
-        starts = iter(range(0, n, _TASK))
+        per_task = max(1, min(_TASK, _TASK_BYTES // (h * w * 3)))
+        starts = iter(range(0, n, per_task))
         try:
             while True:
                 while len(pending) < 4 * workers:  # keep every worker busy, memory bounded
                     s = next(starts, None)
                     if s is None:
                         break
-                    chunk = names[s:s + _TASK]
+                    chunk = names[s:s + per_task]
                     pending.append((s, pool.submit(_decode_many, read, chunk, (h, w))))
                 if not pending:
                     break
@@ -387,8 +389,9 @@ def _write_images(f, source, names, image_size, workers, progress, wrong_size):
                 try:
                     results = fut.result()
                 except Exception as exc:  # a bug, not bad data: surface it with the files named
-                    raise DataError(f"{source.describe_image(names[s])} (or one of the {_TASK} after it): "
-                                    f"decoding failed: {exc}") from exc
+                    where = source.describe_image(names[s]) + \
+                        (f" (or one of the {len(names[s:s + per_task]) - 1} after it)" if per_task > 1 else "")
+                    raise DataError(f"{where}: decoding failed: {exc}") from exc
                 for i, (arr, info) in enumerate(results, start=s):
                     if arr is None:
                         skipped.append({"file": source.describe_image(names[i]), "reason": info})

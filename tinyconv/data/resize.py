@@ -67,12 +67,41 @@ def to_rgb(img):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: scale to 8 bits rather than clip (convert("L") would clip at 255).
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    img = to_8bit(img, "image")        # 16-bit grey and float images by their format's range
     return img.convert("RGB")
+
+
+def to_8bit(img, where):
+    """Reduce an image deeper than 8 bits to mode L by its format's range; other images pass unchanged.
+
+    - 16-bit grey (``I;16``, ``I;16B``...; ``I`` from a 16-bit PNG or PGM): the top byte, ``v >> 8``,
+      as Pillow itself reads 16-bit RGB files (never scaled by the image's own maximum).
+    - Float (``F``, e.g. a float TIFF): 0.0 is black and 1.0 white, ``floor(v * 255 + 0.5)``; values
+      outside [0, 1], NaN or infinity are refused rather than clipped.
+    - Any other 32-bit integer image (``I`` from a TIFF or built in memory) has no defined range and
+      is refused.
+    The EXIF orientation is applied first (the converted image carries no EXIF).
+    """
+    mode = img.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return img
+    if img.getexif().get(0x0112, 1) != 1:  # 0x0112: Orientation; resize_to_model could not see it later
+        img = ImageOps.exif_transpose(img)
+    a = np.asarray(img)
+    if mode.startswith("I;16"):
+        return Image.fromarray((a.astype(np.uint16) >> 8).astype(np.uint8))
+    if mode == "I":
+        if img.format not in ("PNG", "PPM") or (a.size and (a.min() < 0 or a.max() > 65535)):
+            raise ValueError(f"{where}: a 32-bit integer image (Pillow mode I) has no defined range; "
+                                  "save it as an 8- or 16-bit image")
+        return Image.fromarray((a.astype(np.uint16) >> 8).astype(np.uint8))
+    if a.size and not np.isfinite(a).all():
+        raise ValueError(f"{where}: a float image with NaN or infinite values")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise ValueError(f"{where}: a float image with values from {a.min():g} to {a.max():g}; "
+                              "float images are read as 0.0 (black) to 1.0 (white): scale it to that "
+                              "range or save it as an 8-bit image")
+    return Image.fromarray(np.floor(a * np.float32(255) + np.float32(0.5)).astype(np.uint8))
 
 
 def _from_array(a):

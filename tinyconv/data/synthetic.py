@@ -327,7 +327,10 @@ def synthesize(out, count=DEFAULT_COUNT, seed=0, label_noise=0.03, workers=None,
         os.replace(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):  # disk full, or another process wrote ``out`` meanwhile
+        if isinstance(exc, OSError) and out.is_dir() and any(out.iterdir()):
+            raise DataError(f"{out}: another process wrote this folder meanwhile; this run's copy was "
+                            "removed") from None
+        if isinstance(exc, OSError):  # disk full, quota, I/O error
             raise DataError(f"{out}: writing failed: {' '.join(str(exc).split())}; the partial folder "
                             "was removed") from None
         raise

@@ -139,11 +139,14 @@ def evaluate_runs(paths, out=None, device="cpu", thresholds="0.5", batch_size=No
         synthetic = any(res["synthetic"] for res in results)
         note = SYNTHETIC_NOTE if synthetic else None
         table = tables.comparison_markdown(results, baseline, attributes, thresholds)
+        paired = tables.paired_markdown(results, attributes)
+        repeats = tables.repeated_runs_note(results)
         tables.write_comparison_csv(out / "comparison.csv", results, baseline, attributes, thresholds, note)
         figures = plots.write_plots(runs, out, [SYNTHETIC_NOTE] if synthetic else [])
         context = {"out": out, "runs": runs, "results": results, "table": table, "figures": figures,
                    "datasets": by_run, "attributes": attributes, "majority": majority, "baseline": baseline,
-                   "thresholds": thresholds, "note": note, "device": device}
+                   "thresholds": thresholds, "note": note, "device": device, "paired": paired,
+                   "repeats": repeats}
         write_page(context)
     finally:
         for ds in opened:

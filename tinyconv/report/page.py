@@ -43,11 +43,34 @@ def _header(ctx, title):
     return lines
 
 
+def _seeds_text(ctx):
+    """What the table's cells are over seeds, the repeated runs, and the paired differences."""
+    lines = []
+    if any(len({r.seed for r in ctx["runs"] if r.schedule == s}) > 1 for s in {r.schedule for r in ctx["runs"]}):
+        lines += ["Where a schedule has several seeds, cells are mean ± standard deviation (n - 1) over its "
+                  "seeds, one run per seed.", ""]
+    if ctx.get("repeats"):
+        lines += [ctx["repeats"], ""]
+    if ctx.get("paired"):
+        lines += ["### Paired differences over seeds", "",
+                  "Each seed's runs share their initial weights and data order, so schedules are compared "
+                  "seed by seed: the difference A − B per seed, its mean and a 95% interval from Student's t "
+                  "on those differences (n − 1 degrees of freedom). An interval containing 0 means these "
+                  "seeds give no evidence, at 95%, of a difference.", "", ctx["paired"], ""]
+    lines += [WALL_TIME_NOTE, ""]
+    return lines
+
+
+WALL_TIME_NOTE = ("Wall time counts each run's training steps and its validation passes, summed over "
+                  "interrupted sessions; it leaves out drawing or preparing the data, writing checkpoints and "
+                  "this evaluation. `train.py` compiles the CPU kernels before the first run starts (a warm-up "
+                  "step, timed and logged apart), so no schedule pays numba's compile time.")
+
+
 def comparison_text(ctx):
     lines = _header(ctx, "Schedule comparison")
     lines += [ctx["table"], ""]
-    if any(len([r for r in ctx["runs"] if r.schedule == s]) > 1 for s in {r.schedule for r in ctx["runs"]}):
-        lines += ["Where a schedule has several runs (seeds), cells are mean ± standard deviation (n - 1).", ""]
+    lines += _seeds_text(ctx)
     lines += [BASELINE_NOTE, ""]
     for r in ctx["runs"]:
         changes = [m["change"] for m in r.metrics if m.get("change")]
@@ -61,7 +84,7 @@ def report_text(ctx):
     lines = _header(ctx, "Evaluation report")
     lines += [f"Written {time.strftime('%Y-%m-%d %H:%M')} by tinyconv {__version__} (`evaluate.py`, device "
               f"{ctx['device']}). Runs: " + ", ".join(f"`{r.label}` ({r.dir})" for r in ctx["runs"]) + ".", ""]
-    lines += ["## The comparison", "", ctx["table"], "", BASELINE_NOTE, ""]
+    lines += ["## The comparison", "", ctx["table"], ""] + _seeds_text(ctx) + [BASELINE_NOTE, ""]
     for r in ctx["runs"]:
         changes = [m["change"] for m in r.metrics if m.get("change")]
         if changes:

@@ -5,6 +5,8 @@ import csv
 
 import numpy as np
 
+from .stats import independent, paired_differences
+
 SPLIT_NAMES = {"train": "train", "validation": "validation", "test": "test"}
 
 
@@ -88,8 +90,8 @@ def _fmt_std(m, s, kind):
 def comparison_markdown(results, baseline, attributes, thresholds_mode):
     """The study's table: one column per schedule (mean ± std over its runs when it has several),
     then the majority-class baseline."""
-    grouped = groups(results)
-    heads = [s if len(g) == 1 else f"{s} ({len(g)} runs)" for s, g in grouped.items()]
+    grouped = {s: independent(g)[0] for s, g in groups(results).items()}   # one run per seed
+    heads = [s if len(g) == 1 else f"{s} ({len(g)} seeds)" for s, g in grouped.items()]
     lines = ["| | " + " | ".join(heads) + " | majority class (from train labels) |",
              "|---" + "|---:" * (len(heads) + 1) + "|"]
     base = baseline_values(baseline, attributes)
@@ -103,10 +105,42 @@ def comparison_markdown(results, baseline, attributes, thresholds_mode):
     return "\n".join(lines)
 
 
+def repeated_runs_note(results):
+    """A line naming runs that repeat a seed of their schedule (counted once), or None."""
+    repeats = [res for g in groups(results).values() for res in independent(g)[1]]
+    if not repeats:
+        return None
+    return ("Not averaged as independent runs (each repeats the seed and schedule of another run, which "
+            "alone is counted): " + ", ".join(f"`{r['run'].label}` (seed {r['run'].seed})" for r in repeats) + ".")
+
+
+PAIRED_QUANTITIES = [("test_acc_mean", "test accuracy (mean of attributes)", "pct")]
+
+
+def paired_markdown(results, attributes):
+    """Paired differences between schedules over shared seeds, with 95% t intervals; None if no pair of
+    schedules shares two seeds."""
+    grouped = groups(results)
+    quantities = PAIRED_QUANTITIES + [(f"test_f1_{a}", f"test F1 {a}", "f1") for a in attributes]
+    rows = []
+    for key, label, kind in quantities:
+        for d in paired_differences(grouped, lambda res: run_values(res)[key]):
+            if d["low"] is None:
+                continue
+            scale, unit = (100, " pts") if kind == "pct" else (1, "")
+            zero = "yes: no evidence of a difference" if d["low"] <= 0 <= d["high"] else "no"
+            rows.append(f"| {d['a']} − {d['b']} | {label} | {len(d['seeds'])} | {scale * d['mean']:+.3f}{unit} | "
+                        f"[{scale * d['low']:+.3f}, {scale * d['high']:+.3f}]{unit} | {zero} |")
+    if not rows:
+        return None
+    return "\n".join(["| schedules | quantity | seeds | mean difference | 95% interval (paired t) | contains 0? |",
+                      "|---|---|---:|---:|---|---|"] + rows)
+
+
 def write_comparison_csv(path, results, baseline, attributes, thresholds_mode, note=None):
     """comparison.csv: one row per quantity, one column per run (raw numbers: fractions, seconds),
     then mean and std (n - 1) per schedule with several runs, then the majority-class baseline."""
-    grouped = groups(results)
+    grouped = {s: independent(g)[0] for s, g in groups(results).items()}     # one run per seed
     multi = {s: g for s, g in grouped.items() if len(g) > 1}
     header = ["metric"] + [res["run"].label for res in results]
     for s in multi:
