@@ -73,28 +73,27 @@ class TinyconvRunner:
         self.opt.step()
 
     def layer_times(self, repeats):
-        """{layer name: (forward s, backward s)}, medians over ``repeats`` steps. The forwards run
-        inside ``fuse_gpu.chain(layers)`` as in the model's forward, so the fused BatchNorm2D -> ReLU
-        -> MaxPool2D shows up as BatchNorm2D's time (the ReLU and the max-pool pass values through)."""
-        from tinyconv.kernels import fuse_gpu
-        layers = self.model.layers
-        fwd = {l.name: [] for l in layers}
-        bwd = {l.name: [] for l in layers}
+        """{step name: (forward s, backward s)}, medians over ``repeats`` steps. The steps are those
+        of the model's plan (tinyconv/fusion.py), so a fused BatchNorm2D -> ReLU -> MaxPool2D is one
+        row, "batchnorm2d+relu+maxpool2d"."""
+        self.model.clear_cache()             # the last step's saved states: not kept alive meanwhile
+        steps = self.model.plan()
+        fwd = {s.name: [] for s in steps}
+        bwd = {s.name: [] for s in steps}
         for _ in range(repeats):
             h = self.x
-            with fuse_gpu.chain(layers):
-                for l in layers:
-                    t0 = time.perf_counter()
-                    h = l.forward(h, True)
-                    fwd[l.name].append(time.perf_counter() - t0)
+            for s in steps:
+                t0 = time.perf_counter()
+                h = s.forward(h, True)
+                fwd[s.name].append(time.perf_counter() - t0)
             self.loss.forward(h, self.t)
             dy = self.loss.backward()
-            for l in reversed(layers):
+            for s in reversed(steps):
                 t0 = time.perf_counter()
-                dy = l.backward(dy)
-                bwd[l.name].append(time.perf_counter() - t0)
+                dy = s.backward(dy)
+                bwd[s.name].append(time.perf_counter() - t0)
             self.opt.step()
-        return [(l.name, statistics.median(fwd[l.name]), statistics.median(bwd[l.name])) for l in layers]
+        return [(s.name, statistics.median(fwd[s.name]), statistics.median(bwd[s.name])) for s in steps]
 
 
 # ------------------------------------------------------------------------------------------ PyTorch

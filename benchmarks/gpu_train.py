@@ -63,7 +63,7 @@ def sgemm_tflops(tf32):
 def tinyconv_setup(batch, hw):
     import cupy
     from tinyconv import Adam, BCEWithLogits, seed_cnn
-    model = seed_cnn(input_shape=(3,) + hw, seed=0).to("gpu")      # its forward fuses BN -> ReLU
+    model = seed_cnn(input_shape=(3,) + hw, seed=0).to("gpu")      # its plan fuses BN -> ReLU -> pool
     model.layers[0].needs_input_grad = False     # as the training loop (and PyTorch: x needs no grad)
     loss, opt = BCEWithLogits(), Adam(model.parameters())
     rng = cupy.random.default_rng(0)
@@ -143,34 +143,29 @@ def per_layer(batch, hw, steps):
     import cupy
     import torch
     from tinyconv import BatchNorm2D, Conv2D, MaxPool2D, ReLU
+    from tinyconv.fusion import BNReLU
     from tinyconv.kernels.common_gpu import set_tf32
-    from tinyconv.kernels.fuse_gpu import chain
     torch.backends.cudnn.benchmark = True
     # fp32 on both sides, whatever mode ran last (cuDNN's own default allows TF32 convolutions)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     set_tf32(False)
-
-    def in_chain(fn, layers):       # BN -> ReLU fuses only inside a model's forward chain
-        def run():
-            with chain(layers):
-                return fn()
-        return run
     rows, c_in, (h, w) = [], 3, hw
     for i, c in enumerate((32, 64, 128, 128, 192), 1):
         x = cupy.random.standard_normal((batch, c_in, h, w), dtype=np.float32)
         conv = Conv2D(c_in, c, 3, padding=1, rng=np.random.default_rng(i)).to("gpu")
         conv.needs_input_grad = i > 1
         bn, relu, pool = BatchNorm2D(c).to("gpu"), ReLU(), MaxPool2D(2)
+        bn_relu = BNReLU(bn, relu)          # the fused op a model's plan runs (its max-pool: below)
         y = conv.forward(x)
         dy = cupy.random.standard_normal(y.shape, dtype=np.float32)
-        z = in_chain(lambda: bn.forward(y), [bn, relu])()     # max(BN(y), 0): the ReLU fused in
+        z = bn_relu.forward(y)                                # max(BN(y), 0): the ReLU fused in
         pz = pool.forward(z)
         dpz = cupy.random.standard_normal(pz.shape, dtype=np.float32)
         ours = {
             "conv fwd": events_median(lambda: conv.forward(x), steps, 2),
             "conv bwd": events_median(lambda: conv.backward(dy), steps, 2),
-            "bn+relu fwd": events_median(in_chain(lambda: bn.forward(y), [bn, relu]), steps, 2),
-            "bn+relu bwd": events_median(lambda: bn.backward(dy), steps, 2),
+            "bn+relu fwd": events_median(lambda: bn_relu.forward(y), steps, 2),
+            "bn+relu bwd": events_median(lambda: bn_relu.backward(dy), steps, 2),
             "pool fwd": events_median(lambda: pool.forward(z), steps, 2),
             "pool bwd": events_median(lambda: pool.backward(dpz), steps, 2),
         }

@@ -1,19 +1,20 @@
-"""Each numba CPU kernel against the plain-xp version it replaces (tinyconv/kernels/*_cpu.py).
+"""Each numba implementation of an op (tinyconv/ops/*_numba.py) against the reference it replaces.
 
-The plain path is the one CuPy runs; here it runs on NumPy with the kernels switched off
-(``kernels.ENABLED = False``), so both sides are the library's own layers, fed the same arrays.
-Random shapes, strides, paddings and odd sizes; float32 (the training dtype) and float64.
+The reference is the plain-xp code CuPy runs too; here it runs on NumPy with the numba
+implementations switched off (``ops.NUMBA = False``), so both sides are the library's own layers,
+fed the same arrays. Random shapes, strides, paddings and odd sizes; float32 (the training dtype)
+and float64. The fused ops run as a model's plan runs them (tinyconv/fusion.py).
 """
 import numpy as np
 import pytest
 
-from tinyconv import Adam, BatchNorm2D, Conv2D, MaxPool2D, ReLU
-from tinyconv import kernels
-from tinyconv.kernels import fuse_gpu
+from tinyconv import Adam, BatchNorm2D, Conv2D, MaxPool2D, ReLU, ops
+from tinyconv.fusion import BNReLU, BNReLUMaxPool, plan
 from tinyconv.layers import col2im, conv_out_size, im2col
-from tinyconv.layers import conv as conv_module
 
-pytestmark = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not ops.HAVE_NUMBA, reason="numba is not installed")
+if ops.HAVE_NUMBA:
+    from tinyconv.ops import conv_numba as conv_module
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 
@@ -23,12 +24,30 @@ def plain():
     """A context switch: inside ``with plain():`` layers take the plain-xp path."""
     class Switch:
         def __enter__(self):
-            kernels.ENABLED = False
+            ops.NUMBA = False
 
         def __exit__(self, *exc):
-            kernels.ENABLED = True
-    assert kernels.ENABLED, "the kernels must be enabled for these tests (TINYCONV_NO_NUMBA is set?)"
+            ops.NUMBA = True
+    assert ops.NUMBA, "the numba implementations must be enabled for these tests (TINYCONV_NO_NUMBA is set?)"
     return Switch
+
+
+def run_steps(steps, x, dy_seed=None, train=True):
+    """Forward through ``steps`` (layers or fused steps), and back with a seeded dy."""
+    h = x
+    for step in steps:
+        h = step.forward(h, train)
+    if dy_seed is None:
+        return h, None
+    dy = np.random.default_rng(dy_seed).standard_normal(h.shape).astype(x.dtype)
+    for step in reversed(steps):
+        dy = step.backward(dy)
+    return h, dy
+
+
+def made_by(saved):
+    """The implementation module that made a saved state, e.g. 'fused_numba'."""
+    return type(saved).__module__.rpartition(".")[2]
 
 
 def run_layer(layer, x, dy_seed, train=True):
@@ -63,10 +82,10 @@ def test_conv2d_kernels_match_plain(plain, monkeypatch, dtype, shape, c_out, k, 
     layer.params["b"][:] = rng.standard_normal(c_out)
     x = rng.standard_normal(shape).astype(dtype)
     fast = run_layer(layer, x, 1)
-    assert layer.cache[0] == "x" and layer.cache[2] is None     # the numba path ran; columns freed
+    assert made_by(layer.cache) == "conv_numba" and layer.cache.cols is None   # columns freed
     with plain():
         ref = run_layer(layer, x, 1)
-        assert layer.cache[0] == "cols"
+        assert made_by(layer.cache) == "conv"
     for a, b in [(fast[0], ref[0]), (fast[1], ref[1])] + [(fast[2][n], ref[2][n]) for n in ("w", "b")]:
         assert_same(a, b, dtype)
 
@@ -122,7 +141,7 @@ def chunk_geometry(shape, k, s, p):
 
 @pytest.mark.parametrize("shape,k,s,p", IM2COL_GEOMETRIES)
 def test_im2col_chunk_matches_plain_im2col(shape, k, s, p):
-    from tinyconv.kernels import conv_cpu
+    from tinyconv.ops import conv_numba
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(np.float32)
     geo = chunk_geometry(shape, k, s, p)
@@ -130,7 +149,7 @@ def test_im2col_chunk_matches_plain_im2col(shape, k, s, p):
     n0, G = 1, shape[0] - 2
     # cols[k, g*P + p] == ref[n0 + g, k, p]
     want = ref[n0:n0 + G].transpose(1, 0, 2).reshape(ref.shape[1], -1)
-    for fn in (conv_cpu.im2col_chunk, conv_cpu._im2col_general):
+    for fn in (conv_numba.im2col_chunk, conv_numba._im2col_general):
         cols = np.full(want.shape, np.nan, dtype=np.float32)
         fn(x, n0, G, *geo, cols)
         np.testing.assert_array_equal(cols, want)
@@ -140,7 +159,7 @@ def test_im2col_chunk_matches_plain_im2col(shape, k, s, p):
 def test_col2im_chunk_matches_plain_col2im(shape, k, s, p):
     """The chunk version against the strided-slice col2im; the shifted-plane and general kernels
     add in the same order, so they agree to the bit; images outside the chunk are left alone."""
-    from tinyconv.kernels import conv_cpu
+    from tinyconv.ops import conv_numba
     rng = np.random.default_rng(4)
     geo = chunk_geometry(shape, k, s, p)
     K, P = shape[1] * k[0] * k[1], geo[6] * geo[7]
@@ -150,7 +169,7 @@ def test_col2im_chunk_matches_plain_col2im(shape, k, s, p):
     full[n0:n0 + G] = cols.reshape(K, G, P).transpose(1, 0, 2)
     want = col2im(full, shape, k[0], k[1], s, p)
     results = []
-    for fn in (conv_cpu.col2im_chunk, conv_cpu._col2im_general):
+    for fn in (conv_numba.col2im_chunk, conv_numba._col2im_general):
         dx = np.full(shape, 7.0)
         fn(cols.copy(), n0, G, *geo, dx)
         np.testing.assert_allclose(dx[n0:n0 + G], want[n0:n0 + G], rtol=1e-13, atol=1e-13)
@@ -167,9 +186,9 @@ def test_conv2d_backward_twice_rebuilds_the_freed_columns(monkeypatch):
     x = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
     dy = rng.standard_normal((3, 4, 6, 5)).astype(np.float32)
     layer.forward(x, True)
-    assert layer.cache[2] is not None                  # kept
+    assert layer.cache.cols is not None                # kept
     first = layer.backward(dy), layer.grads["w"].copy(), layer.grads["b"].copy()
-    assert layer.cache[2] is None                      # freed
+    assert layer.cache.cols is None                    # freed
     second = layer.backward(dy), layer.grads["w"], layer.grads["b"]
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
@@ -198,10 +217,10 @@ def test_maxpool_kernels_match_plain(plain, dtype, shape, k, s):
     x[0, 0, :2, :2] = 1.5                              # a tie: both paths send dy to the first maximum
     layer = MaxPool2D(k, s)
     fast = run_layer(layer, x, 4)
-    fast_argmax = layer.cache[1].copy()
+    fast_argmax = layer.cache.argmax.copy()
     with plain():
         ref = run_layer(layer, x, 4)
-    np.testing.assert_array_equal(fast_argmax, layer.cache[1])
+    np.testing.assert_array_equal(fast_argmax, layer.cache.argmax)
     np.testing.assert_array_equal(fast[0], ref[0])
     # disjoint windows: dx holds copies of dy; overlapping ones add up, in another order
     assert_same(fast[1], ref[1], dtype)
@@ -246,35 +265,31 @@ def test_batchnorm_kernels_match_plain(plain, dtype, shape, offset):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 5, 1, 1), (3, 4, 9, 7)])
 def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
-    """The fusion marks on the numba path: BatchNorm2D applies the ReLU (relu_applied), the ReLU
-    passes through, and backward masks dy by y > 0 recomputed from x. Bit for bit the unfused
-    kernels on any CPU, by construction (the same expressions, no fast-math, sums in the order the
-    source writes: see test_batchnorm_sums_follow_the_stated_order), and the plain path within
-    tolerance."""
+    """The fused bn_relu op on the numba path: the BatchNorm kernel applies the ReLU, and backward
+    masks dy by y > 0 recomputed from x. Bit for bit the unfused numba ops (batchnorm, then relu) on
+    any CPU, by construction (the same expressions, no fast-math, sums in the order the source
+    writes: see test_batchnorm_sums_follow_the_stated_order), and the reference within tolerance."""
     rng = np.random.default_rng(9)
     x = (rng.standard_normal(shape) + 0.3).astype(dtype)
     gamma, beta = rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
-    dy = rng.standard_normal(shape).astype(dtype)
 
     def run(fuse):
         bn, relu = BatchNorm2D(shape[1]).astype(dtype), ReLU()
         bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
-        with fuse_gpu.chain([bn, relu] if fuse else []):
-            y = relu.forward(bn.forward(x, True), True)
-        applied = bn.relu_applied
-        dx = bn.backward(relu.backward(dy))
-        return applied, [y, dx, bn.grads["gamma"], bn.grads["beta"]]
+        steps = plan([bn, relu]) if fuse else [bn, relu]
+        y, dx = run_steps(steps, x, 12)
+        return made_by(steps[0].saved if fuse else bn.cache), [y, dx, bn.grads["gamma"], bn.grads["beta"]]
 
-    applied, fused = run(True)
-    assert applied                                      # the numba path applied the ReLU
+    made, fused = run(True)
+    assert made == "fused_numba"                        # the numba fused op ran
     assert (fused[0] == 0).any() and (fused[0] > 0).any()
-    applied, unfused = run(False)
-    assert not applied
+    made, unfused = run(False)
+    assert made == "norm_numba"
     for a, b in zip(fused, unfused):
         np.testing.assert_array_equal(a, b)
     with plain():
-        applied, ref = run(True)
-    assert not applied                                  # the plain path leaves it to the ReLU
+        made, ref = run(True)
+    assert made == "fused"                              # the reference: the composition of the ops
     tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
     for a, b in zip(fused, ref):
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1, np.abs(b).max()))
@@ -289,10 +304,10 @@ def test_batchnorm_relu_fused_matches_unfused_and_plain(plain, dtype, shape):
     ((2, 3, 7, 7), 3, 2, False),                        # overlapping windows are not fused
 ])
 def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, shape, k, s, fuses):
-    """BatchNorm2D -> ReLU -> MaxPool2D on the numba path: the BatchNorm pools too (pool_applied), the
-    ReLU and MaxPool2D pass values through, and the backward takes the pooled gradient. Output,
-    argmax and gradients bit for bit the unfused kernels (by construction, on any CPU); the plain path
-    within tolerance."""
+    """BatchNorm2D -> ReLU -> MaxPool2D as the plan runs it: on the numba path one op that normalises,
+    rectifies and pools each window, whose backward takes the pooled gradient. Output, argmax and
+    gradients bit for bit the unfused numba ops (by construction, on any CPU); the reference within
+    tolerance. Overlapping windows are not fused: the plan keeps the MaxPool2D a step of its own."""
     rng = np.random.default_rng(10)
     x = (rng.standard_normal(shape) + 0.2).astype(dtype)
     x[0, 0, :2, :2] = x[0, 0, 0, 0]                     # a tie inside a window
@@ -301,16 +316,15 @@ def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, sh
     def run(fuse):
         bn, relu, pool = BatchNorm2D(shape[1]).astype(dtype), ReLU(), MaxPool2D(k, s)
         bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
-        with fuse_gpu.chain([bn, relu, pool] if fuse else []):
-            y = pool.forward(relu.forward(bn.forward(x, True), True), True)
-        applied = bn.pool_applied
-        argmax = (bn.cache[5][4] if applied else pool.cache[1]).copy()
-        dy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
-        dx = bn.backward(relu.backward(pool.backward(dy)))
-        return applied, [y, argmax], [dx, bn.grads["gamma"], bn.grads["beta"]]
+        steps = plan([bn, relu, pool]) if fuse else [bn, relu, pool]
+        y, dx = run_steps(steps, x, 11)
+        applied = isinstance(steps[0], BNReLUMaxPool)
+        saved = steps[0].saved if applied else pool.cache
+        argmax = saved.pool.argmax if made_by(saved) == "fused" else saved.argmax
+        return (applied, made_by(saved)), [y, argmax.copy()], [dx, bn.grads["gamma"], bn.grads["beta"]]
 
-    applied, fused_fwd, fused_bwd = run(True)
-    assert applied == fuses
+    (applied, made), fused_fwd, fused_bwd = run(True)
+    assert applied == fuses and made == ("fused_numba" if fuses else "pool_numba")
     _, fwd, bwd = run(False)
     for a, b in zip(fused_fwd, fwd):
         np.testing.assert_array_equal(a, b)
@@ -318,15 +332,15 @@ def test_batchnorm_relu_maxpool_fused_matches_unfused_and_plain(plain, dtype, sh
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
     with plain():
-        applied, ref_fwd, ref_bwd = run(True)
-    assert not applied                                  # the plain path leaves it to MaxPool2D
+        (applied, made), ref_fwd, ref_bwd = run(True)
+    assert applied == fuses and made == ("fused" if fuses else "pool")   # the reference composition
     tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
     for a, b in zip(fused_fwd[:1] + fused_bwd, ref_fwd[:1] + ref_bwd):
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1, np.abs(b).max()))
 
 
 def _sums_in_stated_order(t0, t1):
-    """The order norm_cpu._channel_sums promises, written with NumPy elementwise adds (each one IEEE
+    """The order norm_numba._channel_sums promises, written with NumPy elementwise adds (each one IEEE
     rounding, no reordering possible) and a Python loop: per pixel, images four at a time as
     (a + b) + (c + d), then the rest one by one; then the pixel sums from the first pixel up."""
     def fold(t):                                         # t: (N, HW) float64
@@ -350,19 +364,19 @@ def test_batchnorm_sums_follow_the_stated_order(dtype, shape):
     """The statistics and backward sums equal, bit for bit, the same sums written out in the order the
     kernel's docstring states. Any reassociation (fast-math, a vectoriser reordering a reduction)
     breaks this on some CPU, which is what makes fused == unfused hold on every CPU."""
-    from tinyconv.kernels import norm_cpu
+    from tinyconv.ops import norm_numba
     rng = np.random.default_rng(21)
     N, C, H, W = shape
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     mean, var = np.empty(C), np.empty(C)
-    norm_cpu.channel_mean_var(x, mean, var, 0, C)
+    norm_numba.channel_mean_var(x, mean, var, 0, C)
     mu = rng.standard_normal(C).astype(dtype)
     s = rng.uniform(0.5, 2, C).astype(dtype)
     g, b = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
     for relu in (False, True):
         dbeta, dgamma = np.empty(C), np.empty(C)
-        norm_cpu.backward_sums(x, dy, mu, s, g, b, relu, dbeta, dgamma, 0, C)
+        norm_numba.backward_sums(x, dy, mu, s, g, b, relu, dbeta, dgamma, 0, C)
         for c in range(C):
             xc, dc = x[:, c].reshape(N, H * W), dy[:, c].reshape(N, H * W)
             if c == 0 and not relu:                      # the statistics, shifted by x[0, c, 0, 0]
@@ -396,12 +410,15 @@ def test_fused_kernels_agree_under_another_numba_target(tmp_path):
 
 
 def test_fused_maxpool_too_small_an_input_is_the_pools_error():
+    from tinyconv import Sequential
     bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
-    with fuse_gpu.chain([bn, relu, pool]):
-        y = relu.forward(bn.forward(np.ones((2, 2, 1, 4), np.float32), True), True)
-        assert not bn.pool_applied and y.shape == (2, 2, 1, 4)
+    model = Sequential([bn, relu, pool])
+    assert isinstance(model.plan()[0], BNReLUMaxPool)
+    for train in (True, False):
         with pytest.raises(ValueError, match="does not fit an input of size 1"):
-            pool.forward(y, True)
+            model.forward(np.ones((2, 2, 1, 4), np.float32), train)
+        with pytest.raises(ValueError, match="does not fit an input of size 1"):
+            pool.forward(np.ones((2, 2, 1, 4), np.float32), train)
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -411,10 +428,10 @@ def test_fusion_acts_only_inside_the_model_forward(train):
     from tinyconv import seed_cnn
     model = seed_cnn(input_shape=(3, 64, 48), seed=1)
     bn, relu, pool = model.layers[1:4]
-    assert fuse_gpu.fusion_plan(model.layers)[id(bn)] == (relu, pool)
+    assert model.plan()[1].layers == (bn, relu, pool)
     x = np.random.default_rng(15).random((2, 3, 64, 48), dtype=np.float32)
     model.forward(x, train)
-    assert bn.relu_applied and bn.pool_applied              # fused inside the model's forward
+    assert isinstance(model.steps[1], BNReLUMaxPool)        # fused inside the model's forward
     z = model.layers[0].forward(x, train)
     y = bn.forward(z, train)
     assert y.shape == z.shape and (y < 0).any()             # BatchNorm only: no ReLU, no pooling
@@ -435,16 +452,16 @@ def test_a_sub_model_sharing_layers_fuses_by_its_own_structure():
     for train in (True, False):
         y = head.forward(x, train)
         assert y.shape == (2, 32, 64, 48) and (y >= 0).all() and (y == 0).any()
-        assert model.layers[1].relu_applied and not model.layers[1].pool_applied
+        assert type(head.steps[1]) is BNReLU                # no max-pool in the sub-model
         model.forward(x, train)
-        assert model.layers[1].pool_applied
+        assert type(model.steps[1]) is BNReLUMaxPool
         np.testing.assert_array_equal(head.forward(x, train), y)
 
 
 def test_fusion_is_per_thread_when_threads_share_a_model():
     """Several threads running one model's forward at once (a server, say) each get the model's
-    output: what is fused is decided per call and per thread (fuse_gpu.chain), not in flags on the
-    shared layers. Thread switches are forced often to interleave the layers. (To BLAS rounding:
+    output: the plan is built per call (tinyconv/fusion.py) and the fused steps' saved state lives in
+    it, not in flags on the shared layers. Thread switches are forced often to interleave the layers. (To BLAS rounding:
     the threads' GEMMs run with per-thread OpenBLAS settings, see kernels/threads.py.)"""
     import sys
     import threading
@@ -477,7 +494,7 @@ def test_fusion_is_per_thread_when_threads_share_a_model():
 
 @pytest.mark.parametrize("train", [True, False])
 def test_a_layer_object_used_twice_in_a_model(plain, train):
-    """One ReLU and one MaxPool2D object at two places in a model: each use gets its own hand-over."""
+    """One ReLU and one MaxPool2D object at two places in a model: each use is a step of its own."""
     from tinyconv import Sequential
     rng = np.random.default_rng(17)
     relu, pool = ReLU(), MaxPool2D(2)
@@ -485,10 +502,15 @@ def test_a_layer_object_used_twice_in_a_model(plain, train):
                         Conv2D(4, 4, 3, padding=1, rng=rng), BatchNorm2D(4), relu, pool])
     x = rng.random((2, 3, 16, 16), dtype=np.float32)
     y = model.forward(x, train)
-    assert model.layers[1].pool_applied and y.shape == (2, 4, 4, 4)
+    assert [type(st) for st in model.steps[1::2]] == [BNReLUMaxPool] * 2 and y.shape == (2, 4, 4, 4)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = model.backward(dy) if train else None
     with plain():
         ref = model.forward(x, train)
+        ref_dx = model.backward(dy) if train else None
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+    if train:
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-4 * np.abs(ref_dx).max())
 
 
 def test_batchnorm_inference_backward_is_scale_times_dy_even_for_infinite_inputs(plain):
@@ -508,12 +530,11 @@ def test_batchnorm_inference_backward_is_scale_times_dy_even_for_infinite_inputs
 
 
 def test_fused_maxpool_checks_the_gradient_shape():
-    bn, relu, pool = BatchNorm2D(2), ReLU(), MaxPool2D(2)
-    with fuse_gpu.chain([bn, relu, pool]):
-        y = pool.forward(relu.forward(bn.forward(np.ones((2, 2, 4, 4), np.float32), True), True), True)
-    assert y.shape == (2, 2, 2, 2) and bn.pool_applied
+    step = BNReLUMaxPool(BatchNorm2D(2), ReLU(), MaxPool2D(2))
+    y = step.forward(np.ones((2, 2, 4, 4), np.float32), True)
+    assert y.shape == (2, 2, 2, 2) and made_by(step.saved) == "fused_numba"
     with pytest.raises(ValueError, match=r"gradient of shape \(2, 2, 2, 2\)"):
-        bn.backward(np.ones((2, 2, 4, 4), np.float32))
+        step.backward(np.ones((2, 2, 4, 4), np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -531,14 +552,15 @@ def test_batchnorm_inference_kernels_match_plain(plain, dtype, chain):
         bn.params["gamma"][:], bn.params["beta"][:] = rng_params
         bn.buffers["running_mean"][:], bn.buffers["running_var"][:] = rng_stats
         layers = {"bn": [bn], "bn-relu": [bn, relu], "bn-relu-pool": [bn, relu, pool]}[chain]
-        h = x
-        with fuse_gpu.chain(layers):
-            for layer in layers:
-                h = layer.forward(h, False)
-        assert bn.cache[0] == "x" if fast else not isinstance(bn.cache[0], str)
-        assert bn.relu_applied == (fast and chain != "bn") and bn.pool_applied == (fast and chain == "bn-relu-pool")
+        steps = plan(layers)
+        h, _ = run_steps(steps, x, train=False)
+        kind = {"bn": BatchNorm2D, "bn-relu": BNReLU, "bn-relu-pool": BNReLUMaxPool}[chain]
+        assert [type(st) for st in steps] == [kind]
+        ran = ops.implementation(getattr(steps[0], "op", "batchnorm"), x, *bn.params.values(), *bn.buffers.values())
+        assert ran.__name__.endswith("_numba") == fast
         if chain != "bn":
             return [h]
+        assert made_by(bn.cache) == ("norm_numba" if fast else "norm")
         dy = np.random.default_rng(13).standard_normal(h.shape).astype(dtype)
         return [h, bn.backward(dy), bn.grads["gamma"], bn.grads["beta"]]
 
@@ -591,11 +613,16 @@ def test_empty_batches_take_the_plain_path_or_work():
 
 
 def test_kernels_skip_cupy_like_and_odd_dtypes():
-    """Only float32/float64 NumPy arrays take the numba path."""
-    assert kernels.use_cpu_kernels(np.zeros(3, np.float32), np.zeros(2, np.float64))
-    assert not kernels.use_cpu_kernels(np.zeros(3, np.float16))
-    assert not kernels.use_cpu_kernels(np.zeros(3, np.int32))
-    assert not kernels.use_cpu_kernels([1.0, 2.0])
+    """Only NumPy arrays of one dtype, float32 or float64, none of them empty, take the numba path."""
+    f32, f64 = np.zeros(3, np.float32), np.zeros(2, np.float64)
+    assert ops.backend(f32, np.ones(2, np.float32)) == ops.backend(f64) == "numba"
+    assert ops.backend(f32, f64) == "reference"                     # mixed dtypes
+    assert ops.backend(np.zeros(3, np.float16)) == "reference"
+    assert ops.backend(np.zeros(3, np.int32)) == "reference"
+    assert ops.backend([1.0, 2.0]) == "reference"
+    assert ops.backend(np.zeros((0, 3), np.float32)) == "reference"  # empty: never reaches a kernel
+    assert ops.implementation("relu", f32).__name__ == "tinyconv.ops.activations_numba"
+    assert ops.implementation("bce", f32).__name__ == "tinyconv.ops.loss"   # no numba version
 
 
 @pytest.mark.parametrize("cache_cols", [0, 1 << 20])          # conv columns rebuilt / kept from forward
@@ -618,13 +645,13 @@ def test_threads_do_not_change_results(monkeypatch, threads, fuse, one_image_max
                   MaxPool2D(2)]
         params = layers[0].params
         opt = Adam([(params, layers[0].grads)], lr=1e-2)
+        steps = plan(layers) if fuse else layers                  # BatchNorm2D -> ReLU -> max-pool fused
         out = []
-        with fuse_gpu.chain(layers if fuse else []):             # BatchNorm2D applies ReLU, max-pool
-            for layer in layers:
-                out.append(layer.forward(x if not out else out[-1], True))
+        for step in steps:
+            out.append(step.forward(x if not out else out[-1], True))
         dy = np.random.default_rng(11).standard_normal(out[-1].shape).astype(np.float32)
-        for layer in reversed(layers):
-            dy = layer.backward(dy)
+        for step in reversed(steps):
+            dy = step.backward(dy)
             out.append(dy)
         opt.step()
         return out + [g.copy() for g in layers[0].grads.values()] + [p.copy() for p in params.values()]

@@ -1,12 +1,12 @@
-"""The CUDA kernels (tinyconv/kernels/cuda/*.cu, driven by kernels/*_gpu.py) against the plain-xp path.
+"""The CUDA kernels (tinyconv/kernels/cuda/*.cu, driven by tinyconv/ops/*_cuda.py) against the reference ops.
 
 Three levels, so that most of it runs without a GPU:
   1. nvcc: every .cu file compiles to PTX for sm_90 (skipped without nvcc).
   2. CPU emulation: the same .cu files compiled as C++ with a tiny shim (``__global__`` dropped,
      threadIdx/blockIdx/blockDim/gridDim as globals) and called thread by thread through ctypes,
-     while NumPy stands in for CuPy inside the *_gpu.py modules. The layers then run their whole
-     CUDA path (chunking, GEMM orientation, BN+ReLU fusion, flat Adam) on the CPU, and are held to
-     the plain NumPy path. Small grids whose threads stride (grid 2 x 3, 4 threads) test the loops.
+     while NumPy stands in for CuPy inside the ops/*_cuda.py modules. The layers then run their whole
+     CUDA path (chunking, GEMM orientation, the fused BN+ReLU(+max-pool) ops, flat Adam) on the CPU,
+     and are held to the reference ops on NumPy. Small grids whose threads stride (grid 2 x 3, 4 threads) test the loops.
      None of the kernels uses shared memory or barriers, which is what makes this exact.
      (skipped without g++)
   3. GPU: the same comparisons with CuPy on a device, plus a training-step parity with the CPU
@@ -20,10 +20,12 @@ import sys
 import numpy as np
 import pytest
 
-from tinyconv import Adam, BatchNorm2D, BCEWithLogits, Conv2D, MaxPool2D, ReLU, seed_cnn
-from tinyconv import kernels
+from tinyconv import Adam, BatchNorm2D, BCEWithLogits, Conv2D, MaxPool2D, ReLU, ops, seed_cnn
 from tinyconv.backend import gpu_available, to_cpu
-from tinyconv.kernels import common_gpu, conv_gpu, fuse_gpu, loss_gpu, norm_gpu
+from tinyconv.fusion import BNReLU as FusedBNReLU
+from tinyconv.fusion import BNReLUMaxPool
+from tinyconv.kernels import common_gpu
+from tinyconv.ops import conv_cuda, loss_cuda, norm_cuda
 
 from parity import assert_states_close, train_steps  # noqa: E402  (tests/parity.py)
 
@@ -104,37 +106,24 @@ def emulated_modules(tmp_path_factory):
 
 @pytest.fixture
 def emulated(emulated_modules, monkeypatch):
-    """The CUDA path of every layer, run on NumPy arrays with the emulated kernels."""
-    from tinyconv import optim
-    from tinyconv.kernels import optim_gpu
-    from tinyconv.layers import conv, norm, pool
-
-    def on(*arrays):
-        return all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays)
+    """The CUDA implementation of every op, run on NumPy arrays with the emulated kernels: the one
+    dispatch (tinyconv/ops/__init__.py) is told that NumPy arrays are on the GPU."""
     monkeypatch.setitem(sys.modules, "cupy", np)                  # NumPy plays CuPy
-    monkeypatch.setattr(kernels, "ENABLED", False)                # no numba kernels in the way
-    for module in (conv, pool, norm, optim, optim_gpu):
-        monkeypatch.setattr(module, "use_gpu_kernels", on)
-    monkeypatch.setattr(common_gpu, "is_gpu_array", lambda a: isinstance(a, np.ndarray))
+    monkeypatch.setattr(ops, "NUMBA", False)                      # no numba kernels in the way
+    monkeypatch.setattr(ops, "CUDA", True)
+    monkeypatch.setattr(ops, "is_gpu_array", lambda a: isinstance(a, np.ndarray))
     emulate = lambda m, name: emulated_modules[m].get_function(name)
     monkeypatch.setattr(common_gpu, "kernel", emulate)
-    monkeypatch.setattr(norm_gpu, "kernel", emulate)
     monkeypatch.setattr(common_gpu, "THREADS", 4)
-    monkeypatch.setattr(norm_gpu, "THREADS", 4)
-    monkeypatch.setattr(norm_gpu, "TARGET_THREADS", 24)
-    return on
+    monkeypatch.setattr(norm_cuda, "TARGET_THREADS", 24)
+    assert ops.backend(np.zeros(2, np.float32)) == "cuda"
 
 
 @pytest.fixture
 def plain_path(monkeypatch):
-    """Call ``plain_path()`` inside a test to switch every kernel off: the plain-xp reference."""
-    from tinyconv import optim
-    from tinyconv.kernels import optim_gpu
-    from tinyconv.layers import conv, norm, pool
-
+    """Call ``plain_path()`` inside a test to switch every kernel off: the reference ops."""
     def switch():
-        for module in (conv, pool, norm, optim, optim_gpu):
-            monkeypatch.setattr(module, "use_gpu_kernels", lambda *a: False)
+        monkeypatch.setattr(ops, "CUDA", False)
     return switch
 
 
@@ -174,7 +163,7 @@ def compare(make_layer, x, plain_path, seed=1, train=True, tol=TOL):
 ])
 def test_conv_emulated_matches_plain(emulated, plain_path, monkeypatch, C, H, W, k, stride, pad, chunk):
     if chunk:
-        monkeypatch.setattr(conv_gpu, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(conv_cuda, "CHUNK_ELEMENTS", chunk)
     x = np.random.default_rng(0).standard_normal((3, C, H, W)).astype(np.float32)
 
     def make():
@@ -201,7 +190,8 @@ def test_maxpool_emulated_matches_plain(emulated, plain_path, shape, k, stride):
 
 
 class BNReLU:
-    """BatchNorm2D then ReLU as one layer-like object, fused the way fuse_gpu fuses them."""
+    """BatchNorm2D then ReLU as one layer-like object: the fused step a model's plan makes of them
+    (tinyconv/fusion.py), or the two layers one after the other."""
 
     def __init__(self, C, fuse):
         rng = np.random.default_rng(5)
@@ -209,14 +199,20 @@ class BNReLU:
         self.bn.params["gamma"][...] = rng.uniform(0.5, 1.5, C)
         self.bn.params["beta"][...] = rng.uniform(-0.5, 0.5, C)
         self.grads = self.bn.grads
-        self.fuse = fuse
+        self.steps = [FusedBNReLU(self.bn, self.relu)] if fuse else [self.bn, self.relu]
 
     def forward(self, x, train=True):
-        with fuse_gpu.chain([self.bn, self.relu] if self.fuse else []):
-            return self.relu.forward(self.bn.forward(x, train), train)
+        for step in self.steps:
+            x = step.forward(x, train)
+        return x
 
     def backward(self, dy):
-        return self.bn.backward(self.relu.backward(dy))
+        for step in reversed(self.steps):
+            dy = step.backward(dy)
+        return dy
+
+    def saved(self):
+        return self.steps[0].saved if len(self.steps) == 1 else self.bn.cache
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 3, 1, 1), (4, 2, 13, 11)])
@@ -230,10 +226,26 @@ def test_batchnorm_relu_emulated_matches_plain(emulated, plain_path, shape, fuse
         layers.append(BNReLU(shape[1], fuse))
         return layers[-1]
     compare(make, x, plain_path, train=train, tol=dict(rtol=1e-4, atol=2e-5))
-    got, want = layers[0].bn, layers[1].bn
-    assert got.relu_applied == fuse and not want.relu_applied
+    got, want = layers[0], layers[1]
+    if train or not fuse:                                   # (a fused inference saves nothing)
+        cuda = "fused_cuda" if fuse else "norm_cuda"
+        assert type(got.saved()).__module__ == f"tinyconv.ops.{cuda}"
+        assert type(want.saved()).__module__ == f"tinyconv.ops.{'fused' if fuse else 'norm'}"
     for k in ("running_mean", "running_var"):
-        np.testing.assert_allclose(got.buffers[k], want.buffers[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.bn.buffers[k], want.bn.buffers[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,k,stride", [((3, 4, 9, 7), 2, None), ((2, 3, 8, 9), (2, 3), (3, 4))])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_relu_maxpool_emulated_matches_plain(emulated, plain_path, shape, k, stride, train):
+    """The fused bn_relu_maxpool op of the default model's blocks: BN+ReLU kernel, then max-pool."""
+    x = (np.random.default_rng(9).standard_normal(shape) * 3 + 10).astype(np.float32)
+
+    def make():
+        pair = BNReLU(shape[1], True)
+        pair.steps = [BNReLUMaxPool(pair.bn, pair.relu, MaxPool2D(k, stride))]
+        return pair
+    compare(make, x, plain_path, train=train, tol=dict(rtol=1e-4, atol=2e-5))
 
 
 @pytest.mark.parametrize("pos_weight", [None, np.array([1.0, 4.0, 0.5], dtype=np.float32)])
@@ -241,25 +253,33 @@ def test_bce_emulated_matches_plain(emulated, pos_weight):
     rng = np.random.default_rng(7)
     z = (rng.standard_normal((5, 3)) * 30).astype(np.float32)    # far into both tails
     t = (rng.random((5, 3)) > 0.5).astype(np.float32)
-    loss, dz = loss_gpu.bce_with_logits(z, t, pos_weight)
+    loss, saved = loss_cuda.bce_forward(z, t, pos_weight)
+    got = BCEWithLogits(pos_weight)
+    assert got.forward_array(z, t) == loss                       # the loss dispatches to it
+    assert type(got.cache) is loss_cuda.BCECudaSaved
+    np.testing.assert_array_equal(got.backward(), saved.dz)
     ref = BCEWithLogits(pos_weight)
-    np.testing.assert_allclose(loss, ref.forward_array(z, t), rtol=1e-6)
-    np.testing.assert_allclose(dz, ref.backward(), rtol=1e-6, atol=1e-9)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ops, "CUDA", False)
+        np.testing.assert_allclose(loss, ref.forward_array(z, t), rtol=1e-6)
+        np.testing.assert_allclose(saved.dz, ref.backward(), rtol=1e-6, atol=1e-9)
 
 
 def test_training_steps_emulated_match_plain(emulated, plain_path):
-    """The whole CUDA path (fused BN+ReLU, flat Adam) for 3 steps of the default model."""
+    """The whole CUDA path (fused BN+ReLU+max-pool, flat Adam) for 3 steps of the default model."""
     rng = np.random.default_rng(8)
     x = rng.random((2, 3, 54, 44), dtype=np.float32)
     t = (rng.random((2, 3)) > 0.5).astype(np.float32)
     model = seed_cnn(input_shape=(3, 54, 44), seed=5)
-    assert len(fuse_gpu.fusion_plan(model.layers)) == 5
+    assert sum(isinstance(step, BNReLUMaxPool) for step in model.plan()) == 5
     got_loss, got_state, opt = train_steps(model, x, t)
-    assert hasattr(opt, "_gpu_flat") and opt._gpu_flat.n == model.num_params()
-    assert model.layers[0].params["w"].base is opt._gpu_flat.p          # params are views
+    assert type(model.steps[1].saved).__module__ == "tinyconv.ops.fused_cuda"
+    assert opt.flat is not None and opt.flat.n == model.num_params()
+    assert model.layers[0].params["w"].base is opt.flat.p              # params are views
+    assert model.layers[0].grads["w"].base is opt.flat.g               # and so are the gradients
     plain_path()
     want_loss, want_state, opt = train_steps(seed_cnn(input_shape=(3, 54, 44), seed=5), x, t)
-    assert not hasattr(opt, "_gpu_flat")
+    assert opt.flat is None
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     assert_states_close(got_state, want_state)
 
@@ -270,10 +290,10 @@ def test_flat_adam_rebuilds_after_arrays_are_replaced(emulated):
     for k, p in layer.params.items():
         layer.grads[k] = np.ones_like(p)
     opt.step()
-    first = opt._gpu_flat
+    first = opt.flat
     layer.params["w"] = layer.params["w"].copy()                 # as model.to / astype would
     opt.step()
-    assert opt._gpu_flat is not first and layer.params["w"].base is opt._gpu_flat.p
+    assert opt.flat is not first and layer.params["w"].base is opt.flat.p
 
 
 # -- 3. on a GPU -----------------------------------------------------------------------------------
@@ -283,7 +303,7 @@ gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU"
 @pytest.fixture
 def cupy_plain(monkeypatch):
     def switch():
-        monkeypatch.setattr(common_gpu, "ENABLED", False)
+        monkeypatch.setattr(ops, "CUDA", False)
     return switch
 
 
@@ -325,7 +345,7 @@ def test_conv_gpu_matches_plain(cupy_plain, C, H, W, k, stride, pad):
 @gpu
 @pytest.mark.gpu
 def test_conv_gpu_chunks_match_plain(cupy_plain, monkeypatch):
-    monkeypatch.setattr(conv_gpu, "CHUNK_ELEMENTS", 5000)
+    monkeypatch.setattr(conv_cuda, "CHUNK_ELEMENTS", 5000)
     x = np.random.default_rng(0).standard_normal((7, 4, 13, 11)).astype(np.float32)
     _gpu_compare(lambda: Conv2D(4, 6, 3, padding=1, rng=np.random.default_rng(2)), x, cupy_plain,
                  tol=dict(rtol=1e-4, atol=1e-4))
@@ -361,10 +381,10 @@ def test_bce_gpu_matches_plain():
     rng = np.random.default_rng(7)
     z = (rng.standard_normal((257, 3)) * 30).astype(np.float32)
     t = (rng.random((257, 3)) > 0.5).astype(np.float32)
-    loss, dz = loss_gpu.bce_with_logits(cupy.asarray(z), cupy.asarray(t))
+    loss, saved = loss_cuda.bce_forward(cupy.asarray(z), cupy.asarray(t))
     ref = BCEWithLogits()
     np.testing.assert_allclose(float(loss), ref.forward_array(z, t), rtol=1e-5)
-    np.testing.assert_allclose(to_cpu(dz), ref.backward(), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(to_cpu(saved.dz), ref.backward(), rtol=1e-5, atol=1e-9)
 
 
 @gpu
@@ -379,7 +399,7 @@ def test_training_steps_gpu_kernels_match_cpu():
     for device in ("cpu", "gpu"):
         model = seed_cnn(input_shape=(3, 54, 44), seed=5).to(device)   # Sequential marks BN->ReLU
         results[device] = train_steps(model, to_device(x, device), to_device(t, device))
-    assert hasattr(results["gpu"][2], "_gpu_flat")
+    assert results["gpu"][2].flat is not None
     np.testing.assert_allclose(results["gpu"][0], results["cpu"][0], rtol=1e-4)
     assert_states_close(results["gpu"][1], results["cpu"][1])
 

@@ -1,12 +1,10 @@
-"""Sigmoid + binary cross-entropy for multi-label outputs, fused for stability."""
+"""Sigmoid + binary cross-entropy for multi-label outputs, fused for stability; the math is in
+tinyconv/ops/loss.py."""
+from . import ops
 from .backend import get_array_module
+from .ops.loss import sigmoid
 
-
-def sigmoid(z):
-    """1 / (1 + exp(-z)) without overflow: exp is only ever taken of -|z|."""
-    xp = get_array_module(z)
-    e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+__all__ = ["BCEWithLogits", "sigmoid"]
 
 
 class BCEWithLogits:
@@ -33,27 +31,11 @@ class BCEWithLogits:
 
     def forward_array(self, logits, targets):
         """The loss as a 0-d array on the logits' device (no host sync: the GPU loop uses this)."""
-        xp = get_array_module(logits)
         if logits.shape != targets.shape:
             raise ValueError(f"logits {logits.shape} and targets {targets.shape} differ in shape")
-        from .kernels.common_gpu import use_gpu_kernels
-        if use_gpu_kernels(logits):      # one CUDA pass for the loss terms and the gradient
-            from .kernels import loss_gpu
-            w = None if self.pos_weight is None else self._weight(xp, logits.dtype)
-            loss, dz = loss_gpu.bce_with_logits(logits, targets, w)
-            self.cache = ("gpu", dz)
-            return loss
-        z, t = logits, targets.astype(logits.dtype)
-        softplus_neg = xp.log1p(xp.exp(-xp.abs(z))) + xp.maximum(-z, 0)   # = -log(sigmoid(z))
-        if self.pos_weight is None:
-            weight = None
-            elementwise = (1 - t) * z + softplus_neg
-        else:
-            w = self._weight(xp, z.dtype)
-            weight = 1 + (w - 1) * t
-            elementwise = (1 - t) * z + weight * softplus_neg
-        self.cache = (z, t, weight)
-        return elementwise.mean()
+        w = None if self.pos_weight is None else self._weight(get_array_module(logits), logits.dtype)
+        loss, self.cache = ops.bce_forward(logits, targets, w)
+        return loss
 
     def forward(self, logits, targets):
         """The mean loss as a Python float."""
@@ -64,13 +46,4 @@ class BCEWithLogits:
     def backward(self):
         if self.cache is None:
             raise RuntimeError("BCEWithLogits.backward called without a forward before it")
-        if isinstance(self.cache[0], str):   # ("gpu", dz): the CUDA pass computed it with the loss
-            return self.cache[1]
-        z, t, weight = self.cache
-        p = sigmoid(z)
-        if weight is None:
-            dz = p - t
-        else:
-            w = self._weight(get_array_module(z), z.dtype)
-            dz = p * weight - w * t
-        return dz / z.size
+        return ops.bce_backward(self.cache)

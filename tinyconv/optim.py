@@ -1,13 +1,22 @@
 """Optimizers: Adam (Kingma & Ba 2015) and SGD with momentum, updating parameters in place.
 
 Both take the list of ``(params, grads)`` dict pairs that ``Sequential.parameters()`` returns and
-read ``grads`` at each ``step()``, so layers may replace their gradient arrays freely.
+read ``grads`` at each ``step()``. Adam's update is an op (tinyconv/ops/optim.py), run by its
+reference, numba or CUDA implementation as tinyconv.ops chooses.
+
+Who owns the memory of parameters and gradients: the arrays in the layers' ``params`` and
+``grads`` dicts, which a backward writes into (tinyconv/ops/grads.py) rather than replacing.
+The CUDA Adam wants one flat buffer per quantity (one launch updates every parameter), so for it
+the optimizer takes that memory over, explicitly: :class:`FlatBuffers` moves the parameters, the
+gradients, m and v into four flat buffers that the optimizer owns (``Adam.flat``) and puts views
+of them back in the dicts. Layers read and write the same memory as before, backward fills the
+flat gradient buffer in place and micro-batches accumulate into it (training.py), so nothing is
+copied; a gradient array that something else put in ``grads`` is copied in.
 """
 import numpy as np
 
-from .backend import get_array_module, to_cpu, to_device, device_of
-from .kernels import use_cpu_kernels
-from .kernels.common_gpu import use_gpu_kernels
+from . import ops
+from .backend import device_of, get_array_module, to_cpu, to_device
 
 
 class Optimizer:
@@ -62,6 +71,43 @@ class Optimizer:
         return {}
 
 
+class FlatBuffers:
+    """The parameters, gradients, m and v of an optimizer in four flat buffers it owns (``p``, ``g``,
+    ``m``, ``v``, ``n`` values each), the dicts holding views into them. Checked by identity at each
+    step: when anything replaced an array (``model.to``, ``astype``, the optimizer's
+    ``load_state_dict``), the buffers are rebuilt from the current arrays."""
+
+    def __init__(self, opt, pairs):
+        first = pairs[0][0]
+        self.keys = [(i, k) for _, _, i, k in pairs]
+        sizes = [int(p.size) for p, _, _, _ in pairs]
+        self.n = sum(sizes)
+        xp = get_array_module(first)
+        self.p, self.g, self.m, self.v = (xp.empty(self.n, dtype=first.dtype) for _ in range(4))
+        self.views, off = [], 0
+        for (p, g, i, k), size in zip(pairs, sizes):
+            params, grads = opt.parameters[i]
+            views = tuple(buf[off:off + size].reshape(p.shape) for buf in (self.p, self.g, self.m, self.v))
+            for view, a in zip(views, (p, g, opt.m[i][k], opt.v[i][k])):
+                view[...] = a
+            params[k], grads[k], opt.m[i][k], opt.v[i][k] = views
+            self.views.append(views)
+            off += size
+
+    def matches(self, opt, pairs):
+        if [(i, k) for _, _, i, k in pairs] != self.keys:
+            return False
+        return all(p is views[0] and opt.m[i][k] is views[2] and opt.v[i][k] is views[3]
+                   for (p, _, i, k), views in zip(pairs, self.views))
+
+    def gather_grads(self, opt, pairs):
+        """A gradient that is not our view (a caller assigned grads[k]) is copied in."""
+        for (_, g, i, k), views in zip(pairs, self.views):
+            if g is not views[1]:
+                views[1][...] = g
+                opt.parameters[i][1][k] = views[1]
+
+
 class Adam(Optimizer):
     """Adam in the textbook form:
         m = b1*m + (1-b1)*g      v = b2*v + (1-b2)*g^2
@@ -74,6 +120,7 @@ class Adam(Optimizer):
         super().__init__(parameters, lr)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m, self.v = self._zeros(), self._zeros()
+        self.flat = None                # FlatBuffers, when the update wants them (CUDA)
 
     def _slots(self):
         return {"m": self.m, "v": self.v}
@@ -83,42 +130,18 @@ class Adam(Optimizer):
 
     def step(self):
         self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        if self.parameters and use_gpu_kernels(*self.parameters[0][0].values()):
-            from .kernels import optim_gpu               # one CUDA launch for all parameters
-            if optim_gpu.adam_step(self, bc1, bc2):
-                return
-        fast = []                       # (flat p, g, m, v, scalars) for the numba kernel
-        for p, g, i, k in self._pairs():
-            xp = get_array_module(p)
-            m, v = self.m[i][k], self.v[i][k]
-            if (use_cpu_kernels(p, g, m, v) and p.dtype == g.dtype == m.dtype == v.dtype
-                    and all(a.flags.c_contiguous for a in (p, g, m, v))):
-                t = p.dtype.type
-                fast.append((p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                             (t(b1), t(1 - b1), t(b2), t(1 - b2), t(bc2), t(self.eps), t(self.lr / bc1))))
-                continue
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            denom = xp.sqrt(v / bc2)
-            denom += self.eps
-            p -= (self.lr / bc1) * m / denom
-        if fast:
-            # numba: one in-place pass per array (tinyconv/kernels/optim_cpu.py), same arithmetic
-            # as above; the threads take equal slices of every array (elementwise: same result)
-            from .kernels import optim_cpu
-            from .kernels.threads import parts_for, run_parts, split
-            size = sum(a[0].size for a in fast)
-            parts = parts_for(size, size)
+        pairs = list(self._pairs())                                   # (p, g, layer index, key)
+        p, g = [a[0] for a in pairs], [a[1] for a in pairs]
+        m, v = [self.m[i][k] for *_, i, k in pairs], [self.v[i][k] for *_, i, k in pairs]
+        if pairs and ops.adam_wants_flat(*p, *g, *m, *v):             # the CUDA Adam: one launch
+            p, g, m, v = self._flat(pairs)
+        ops.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.t)
 
-            def update(part):
-                for p, g, m, v, scalars in fast:
-                    a, b = split(p.size, parts, part)
-                    optim_cpu.adam_update(p[a:b], g[a:b], m[a:b], v[a:b], *scalars)
-            run_parts(update, parts)
+    def _flat(self, pairs):
+        if self.flat is None or not self.flat.matches(self, pairs):
+            self.flat = FlatBuffers(self, pairs)
+        self.flat.gather_grads(self, pairs)
+        return [self.flat.p], [self.flat.g], [self.flat.m], [self.flat.v]
 
 
 class SGD(Optimizer):

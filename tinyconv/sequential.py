@@ -2,20 +2,23 @@
 import numpy as np
 
 from .backend import device_of, get_array_module, to_cpu
-from .kernels import fuse_gpu
+from .fusion import plan
 
 
 class Sequential:
     """forward runs the layers in order, backward in reverse; each layer keeps its own cache.
 
-    Layers are named Keras-style by type ("conv2d", "conv2d_1", ...) unless already named; the
-    names key ``state_dict()``: "<layer>.<param or buffer>" -> NumPy array.
+    The layers run as the steps of their fusion plan (tinyconv/fusion.py): a BatchNorm2D -> ReLU
+    (-> MaxPool2D) is one fused op, the same function in fewer passes; ``model.layers`` stays the
+    list of layers. Layers are named Keras-style by type ("conv2d", "conv2d_1", ...) unless already
+    named; the names key ``state_dict()``: "<layer>.<param or buffer>" -> NumPy array.
     """
 
     def __init__(self, layers, name="sequential", input_shape=None):
         self.layers = list(layers)
         self.name = name
         self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.steps = None                    # the plan of the last forward, walked back by backward
         seen = {}
         for layer in self.layers:
             base = layer.name or type(layer).__name__.lower()
@@ -23,20 +26,27 @@ class Sequential:
             seen[base] = n + 1
             layer.name = base if n == 0 else f"{base}_{n}"
 
+    def plan(self):
+        """The steps a forward runs now: layers, and fused steps (tinyconv/fusion.py)."""
+        return plan(self.layers)
+
     def forward(self, x, train=True):
-        # A BatchNorm2D directly followed by a ReLU applies the ReLU in its own kernel (CUDA or numba),
-        # and on the numba path a non-overlapping MaxPool2D after them too (kernels/fuse_gpu.py); all
-        # layers stay in the list and compute the same thing on every other path.
-        with fuse_gpu.chain(self.layers):
-            for layer in self.layers:
-                x = layer.forward(x, train)
+        self.steps = None                    # the last forward's saved states go now, not at the end
+        steps = self.plan()
+        for step in steps:
+            x = step.forward(x, train)
+        self.steps = steps
         return x
 
     __call__ = forward
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+    def backward(self, dy, accumulate=False):
+        """dy back through the last forward's steps; each writes its gradients into its layers'
+        ``grads`` (``accumulate=True``: adds to them, as micro-batches of one step do)."""
+        if self.steps is None:
+            raise RuntimeError("Sequential.backward called without a forward before it")
+        for step in reversed(self.steps):
+            dy = step.backward(dy, accumulate=True) if accumulate else step.backward(dy)
         return dy
 
     def predict_proba(self, x):
@@ -79,6 +89,7 @@ class Sequential:
         return self
 
     def clear_cache(self):
+        self.steps = None
         for layer in self.layers:
             layer.clear_cache()
 

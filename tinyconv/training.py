@@ -211,26 +211,17 @@ def evaluate(model, ds, split, batch_size, device, loss_fn=None):
 # --- memory: batches larger than fit are split into micro-batches --------------------------------
 
 def training_bytes_per_sample(model, input_shape, itemsize=4):
-    """An estimate of the memory one training sample holds during a step: the input, every layer's
-    output, what each layer caches for backward (conv: its column matrix, C_in*kh*kw values per output
-    pixel; BatchNorm: xhat; ReLU: a 1-byte mask; max-pool: a 1-byte argmax), plus room for the largest
-    layer's backward temporaries (twice its output)."""
+    """An estimate of the memory one training sample holds during a step: the input, the output of
+    every step of the model's plan (a fused BatchNorm -> ReLU -> MaxPool is one step), what each
+    step's op keeps for backward (as the op states it, for the model's device and dtype), plus room
+    for the largest step's backward temporaries (twice its output)."""
     shape, total, largest = tuple(input_shape), float(np.prod(input_shape)) * itemsize, 0.0
-    for layer in model.layers:
-        out = layer.output_shape(shape)
+    for step in model.plan():
+        out = step.output_shape(shape)
         n_out = float(np.prod(out))
-        kind = type(layer).__name__
-        if kind == "Conv2D":
-            kh, kw = layer.kernel_size
-            cached = shape[0] * kh * kw * float(np.prod(out[1:])) * itemsize
-        elif kind == "BatchNorm2D":
-            cached = n_out * itemsize
-        elif kind in ("ReLU", "MaxPool2D"):
-            cached = n_out
-        else:
-            cached = 0.0
-        total += n_out * itemsize + cached
-        largest = max(largest, cached + n_out * itemsize)
+        kept = float(step.saved_bytes((1,) + shape, model.dtype, model.device))
+        total += n_out * itemsize + kept
+        largest = max(largest, kept + n_out * itemsize)
         shape = out
     return int(total + 2 * largest)
 
@@ -608,8 +599,7 @@ class Run:
             loss = loss_fn.forward_array(logits, batch.y)
             model.backward(loss_fn.backward())
             self._batch_correct = ((logits > 0) == (batch.y > 0.5)).sum(axis=0)
-        else:
-            total = {}
+        else:                        # the micro-batches' gradients add up in the layers' grads
             loss = xp.zeros((), dtype=xp.float32)
             self._batch_correct = 0
             for s in range(0, B, micro):
@@ -617,17 +607,8 @@ class Run:
                 share = len(x) / B
                 logits = model.forward(x)
                 loss = loss + loss_fn.forward_array(logits, y) * share
-                model.backward(loss_fn.backward() * share)
+                model.backward(loss_fn.backward() * share, accumulate=s > 0)
                 self._batch_correct = self._batch_correct + ((logits > 0) == (y > 0.5)).sum(axis=0)
-                for i, (_, grads) in enumerate(model.parameters()):
-                    for k, g in grads.items():
-                        if (i, k) in total:
-                            total[(i, k)] += g
-                        else:
-                            total[(i, k)] = g.copy()
-            for i, (_, grads) in enumerate(model.parameters()):
-                for k in grads:
-                    grads[k] = total[(i, k)]
         self.optimizer.step()
         return loss
 

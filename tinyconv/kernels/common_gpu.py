@@ -1,11 +1,9 @@
-"""What every CUDA kernel module shares: the on/off switch, loading the ``.cu`` sources, launching.
+"""What every CUDA implementation (tinyconv/ops/*_cuda.py) shares: loading the ``.cu`` sources, launching.
 
 The kernels' CUDA C sources are the files in ``tinyconv/kernels/cuda/`` (read them: each one says
 its index algebra). CuPy compiles a file once per process with NVRTC (``cupy.RawModule``) and
-caches the binary on disk (``~/.cupy``). Layers call the kernels only for CuPy float32 arrays,
-see :func:`use_gpu_kernels`; anything else takes the plain-xp path, which stays the reference.
-
-Set ``TINYCONV_NO_CUDA_KERNELS=1`` to run CuPy arrays through the plain-xp path too (comparisons).
+caches the binary on disk (``~/.cupy``). tinyconv/ops/__init__.py sends CuPy float32 arrays here;
+anything else takes the reference (plain xp). ``TINYCONV_NO_CUDA_KERNELS=1`` switches this off.
 
 Every kernel strides over its work (a flat index, or rows and the elements along each row), so the
 grid size is a tuning choice, not a correctness one: ``launch`` gives one thread per element up to
@@ -16,19 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import is_gpu_array
-
-ENABLED = os.environ.get("TINYCONV_NO_CUDA_KERNELS", "") in ("", "0")
 CUDA_DIR = Path(__file__).with_name("cuda")
 THREADS = 256                 # threads per block
 MAX_BLOCKS = 65536            # beyond this, threads loop (grid-stride)
-_F32 = np.dtype(np.float32)
 _modules = {}
-
-
-def use_gpu_kernels(*arrays):
-    """True when every array is a CuPy float32 array and the CUDA kernels are enabled."""
-    return ENABLED and all(is_gpu_array(a) and a.dtype == _F32 for a in arrays)
 
 
 def source(name):
@@ -72,17 +61,6 @@ def i64(v):
 
 def f32(v):
     return np.float32(v)
-
-
-def grad_out(grads, key, shape):
-    """An array to write the gradient ``grads[key]`` into: the existing one when it fits (the fused
-    Adam keeps gradients in one flat buffer, and writing into its views saves a copy), else new."""
-    import cupy
-    g = grads.get(key)
-    if (g is not None and is_gpu_array(g) and g.dtype == _F32 and g.shape == tuple(shape)
-            and g.flags.c_contiguous):
-        return g
-    return cupy.empty(shape, dtype=np.float32)
 
 
 def set_tf32(enabled=True):

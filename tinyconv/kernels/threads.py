@@ -1,4 +1,4 @@
-"""A small persistent thread pool for the CPU kernels: each layer splits its work into fixed parts.
+"""A small persistent thread pool for the numba ops (ops/*_numba.py): each splits its work into parts.
 
     run_parts(fn, parts)      calls fn(0), ..., fn(parts - 1): part 0 on the calling thread, the
                               others on the pool's threads, and returns when all are done
@@ -8,7 +8,7 @@ on separate cores. Inside ``run_parts`` the BLAS is held to one thread (through 
 few microseconds per call), so each part's GEMMs run in its own thread, and OpenBLAS's threads,
 which spin a while after each call, never compete with the pool's.
 
-Results do not depend on the number of threads: layers split their work into parts whose
+Results do not depend on the number of threads: the ops split their work into parts whose
 boundaries do not depend on it (images, channels or element ranges written by one part only; the
 convolution's dw and db as one partial sum per chunk of images, added in chunk order by the caller),
 and the GEMMs inside run on one BLAS thread even when the pool has one thread (OpenBLAS's threaded

@@ -1,4 +1,6 @@
-"""Layers: each a class with forward(x, train) -> y, backward(dy) -> dx and params/grads/buffers dicts."""
+"""Layers: each a class with forward(x, train) -> y, backward(dy) -> dx and params/grads/buffers dicts.
+
+A layer holds its state and calls its op (tinyconv/ops/), which holds the math."""
 from .activations import Dropout, ReLU
 from .base import Layer, conv_out_size
 from .conv import Conv2D, col2im, im2col

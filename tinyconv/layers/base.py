@@ -2,12 +2,15 @@
 
 A layer holds three dicts:
     params   trainable arrays, updated by an optimizer
-    grads    same keys as params, written (not accumulated) by ``backward``
+    grads    same keys as params, written by ``backward`` (into the arrays already there: see
+             tinyconv/ops/grads.py; ``accumulate=True`` adds instead, for micro-batches)
     buffers  non-trainable state saved with the model (BatchNorm's running statistics)
-``forward(x, train=True) -> y`` keeps the small cache that backward needs on the layer
-(overwritten each call, never appended); ``backward(dy) -> dx`` reads it.
+``forward(x, train=True) -> y`` keeps what backward needs in ``self.cache`` (the op's saved state,
+overwritten each call, never appended); ``backward(dy, accumulate=False) -> dx`` reads it. The math
+is in the ops (tinyconv/ops/): a layer holds the state and calls its op.
 """
 from ..backend import get_array_module, to_device
+from ..ops.geometry import conv_out_size  # noqa: F401  (the one geometry helper, re-exported)
 
 
 class Layer:
@@ -16,16 +19,22 @@ class Layer:
         self.grads = {}
         self.buffers = {}
         self.name = None  # given by Sequential: "conv2d", "conv2d_1", ...
+        self.cache = None
 
     def forward(self, x, train=True):
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy, accumulate=False):
         raise NotImplementedError
 
     def output_shape(self, input_shape):
         """Shape of one sample's output, given one sample's input shape (no batch axis)."""
         return input_shape
+
+    def saved_bytes(self, x_shape, dtype, device):
+        """Bytes a training forward on a batch of ``x_shape`` keeps for backward, beyond the input and
+        output (as its op, run for ``dtype`` on ``device``, states)."""
+        return 0
 
     def num_params(self):
         return sum(int(p.size) for p in self.params.values())
@@ -51,6 +60,12 @@ class Layer:
         """Drop what forward kept for backward (frees memory between steps)."""
         self.cache = None
 
+    def saved(self):
+        """The cache, for backward; an error naming the layer when there is none."""
+        if self.cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a forward(train=True) before it")
+        return self.cache
+
     def zero_grads(self):
         for k, p in self.params.items():
             self.grads[k] = get_array_module(p).zeros_like(p)
@@ -70,11 +85,3 @@ def pair(v, what="value"):
     if len(v) != 2 or not all(isinstance(i, int) for i in v):
         raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
     return v
-
-
-def conv_out_size(size, k, stride, pad):
-    """Output length of a convolution or pooling window along one axis (floor mode)."""
-    out = (size + 2 * pad - k) // stride + 1
-    if out < 1:
-        raise ValueError(f"window {k} with stride {stride} and padding {pad} does not fit an input of size {size}")
-    return out

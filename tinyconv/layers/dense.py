@@ -1,6 +1,7 @@
-"""Fully connected layer and Flatten."""
+"""Fully connected layer and Flatten; the math is in tinyconv/ops/dense.py."""
 import numpy as np
 
+from .. import ops
 from ..backend import DEFAULT_DTYPE
 from ..init import initialize
 from .base import Layer
@@ -9,7 +10,7 @@ from .base import Layer
 class Dense(Layer):
     """y = x @ w + b.  x (N, in_features), w (in_features, out_features), b (out_features,).
 
-    Backward: dw = x.T @ dy, db = sum_n dy, dx = dy @ w.T. Caches x.
+    Backward: dw = x.T @ dy, db = sum_n dy, dx = dy @ w.T. Saves x.
     """
 
     def __init__(self, in_features, out_features, bias=True, init="glorot_uniform", rng=None,
@@ -19,7 +20,6 @@ class Dense(Layer):
         self.params["w"] = initialize(init, (in_features, out_features), rng, dtype)
         if bias:
             self.params["b"] = np.zeros(out_features, dtype=dtype)
-        self.cache = None
 
     def output_shape(self, input_shape):
         if input_shape != (self.in_features,):
@@ -27,20 +27,14 @@ class Dense(Layer):
         return (self.out_features,)
 
     def forward(self, x, train=True):
-        self.cache = x if train else None
-        y = x @ self.params["w"]
-        if "b" in self.params:
-            y += self.params["b"]
+        y, self.cache = ops.dense_forward(x, self.params, train)
         return y
 
-    def backward(self, dy):
-        if self.cache is None:
-            raise RuntimeError("Dense.backward called without a forward(train=True) before it")
-        x = self.cache
-        self.grads["w"] = x.T @ dy
-        if "b" in self.params:
-            self.grads["b"] = dy.sum(axis=0)
-        return dy @ self.params["w"].T
+    def backward(self, dy, accumulate=False):
+        return ops.dense_backward(self.saved(), dy, self.params, self.grads, accumulate)
+
+    def saved_bytes(self, x_shape, dtype, device):
+        return ops.dense_saved_bytes(x_shape, np.dtype(dtype).itemsize)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={'b' in self.params}"
@@ -56,5 +50,5 @@ class Flatten(Layer):
         self.cache = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy, accumulate=False):
         return dy.reshape(self.cache)

@@ -1,4 +1,4 @@
-// Convolution helpers for the GPU path of Conv2D (tinyconv/kernels/conv_gpu.py), float32, NCHW.
+// Convolution helpers for the GPU path of Conv2D (tinyconv/ops/conv_cuda.py), float32, NCHW.
 //
 // The batch is processed in chunks of g images (n0 .. n0+g-1), exactly as on the CPU path:
 //   cols    (K, g*P)      K = C*kh*kw rows, one column per (image, output pixel), P = out_h*out_w

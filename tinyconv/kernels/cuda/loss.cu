@@ -1,4 +1,4 @@
-// Sigmoid + binary cross-entropy (tinyconv/kernels/loss_gpu.py): loss terms and the gradient in
+// Sigmoid + binary cross-entropy (tinyconv/ops/loss_cuda.py): loss terms and the gradient in
 // one pass over the (N, K) logits, float32. With w = pos_weight[k] (1 without one), t in {0, 1}:
 //   weight  = 1 + (w - 1)*t
 //   loss_ij = (1 - t)*z + weight*(log1p(exp(-|z|)) + max(-z, 0))      (-log sigmoid(z) = softplus(-z))

@@ -1,4 +1,4 @@
-// BatchNorm2D (training) for the GPU path (tinyconv/kernels/norm_gpu.py), float32 data with
+// BatchNorm2D (training) for the GPU path (tinyconv/ops/norm_cuda.py), float32 data with
 // float64 sums, optionally fused with the ReLU that follows it.
 //
 // x is (N, C, HW); channel c owns M = N*HW elements; element e = n*HW + r of channel c lives at

@@ -1,6 +1,7 @@
-// Adam over every parameter at once (tinyconv/kernels/optim_gpu.py): p, g, m, v are flat float32
-// buffers that hold all the model's parameters back to back (the layers' arrays are views into
-// them), so one launch updates them all. Same operations, in the same order, as Adam.step:
+// Adam over every parameter at once (tinyconv/ops/optim_cuda.py): p, g, m, v are the optimizer's flat
+// float32 buffers that hold all the model's parameters back to back (the layers' arrays are views
+// into them), so one launch updates them all. Same operations, in the same order, as the reference
+// (tinyconv/ops/optim.py):
 //   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;  p -= (lr/bc1) * m / (sqrt(v/bc2) + eps)
 // with bc1 = 1 - b1^t, bc2 = 1 - b2^t computed on the host and passed by value (no copy, no sync).
 

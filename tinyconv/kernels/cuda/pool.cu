@@ -1,4 +1,4 @@
-// Max pooling (floor mode) for the GPU path of MaxPool2D (tinyconv/kernels/pool_gpu.py), float32.
+// Max pooling (floor mode) for the GPU path of MaxPool2D (tinyconv/ops/pool_cuda.py), float32.
 //
 // x is seen as NC planes of H x W; y and argmax as NC planes of out_h x out_w.
 //   y[plane, p, q] = max over i < kh, j < kw of x[plane, p*sh + i, q*sw + j]

@@ -1,10 +1,17 @@
-"""numba CPU kernels for MaxPool2D (floor mode), replacing the kh*kw strided passes of
-``tinyconv.layers.pool.MaxPool2D`` with one pass over each (image, channel) plane.
+"""Max pooling on NumPy float32/float64 arrays: numba kernels, one pass over each (image, channel)
+plane instead of the reference's (pool.py) kh*kw strided passes; the same argmax convention.
 
     y[n, c, p, q] = max over (i, j) of x[n, c, p*sh + i, q*sw + j]
     argmax[n, c, p, q] = i*kw + j of the FIRST maximum (row-major in the window; ties go first)
+The threads split the images (kernels/threads.py).
 """
+from typing import NamedTuple
+
 import numba
+import numpy as np
+
+from ..kernels.threads import parts_for, run_parts, split
+from .geometry import geometry
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -21,7 +28,8 @@ def first_max4(v0, v1, v2, v3):
 
 
 @numba.njit(cache=True, nogil=True)
-def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
+def max_planes(x, kh, kw, sh, sw, y, argmax):
+    """y and argmax of every (n, c) plane."""
     N, C = x.shape[0], x.shape[1]
     out_h, out_w = y.shape[2], y.shape[3]
     for task in range(N * C):
@@ -52,7 +60,7 @@ def maxpool_forward(x, kh, kw, sh, sw, y, argmax):
 
 
 @numba.njit(cache=True, nogil=True)
-def maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
+def unpool_planes(dy, argmax, kh, kw, sh, sw, dx):
     """dx[n, c, p*sh + i, q*sw + j] += dy[n, c, p, q] where (i, j) is the window's argmax; 0 elsewhere.
 
     One (n, c) plane at a time: zero it, then add (+= handles overlapping windows). Rows and
@@ -89,3 +97,47 @@ def maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
             for q in range(out_w):
                 idx = argmax[n, c, p, q]
                 dx[n, c, p * sh + idx // kw, q * sw + idx % kw] += dy[n, c, p, q]
+
+
+# -- the op ------------------------------------------------------------------------------------------
+class MaxPoolNumbaSaved(NamedTuple):
+    x_shape: tuple
+    argmax: np.ndarray
+    kernel: tuple
+    stride: tuple
+
+
+def unpool(dy, argmax, kernel, stride, dx):
+    """``unpool_planes`` with the threads splitting the images."""
+    parts = parts_for(dx.shape[0], dx.size)
+
+    def part(i):
+        a, b = split(dx.shape[0], parts, i)
+        unpool_planes(dy[a:b], argmax[a:b], *kernel, *stride, dx[a:b])
+    run_parts(part, parts)
+    return dx
+
+
+def maxpool_forward(x, kernel, stride, train):
+    x = np.ascontiguousarray(x)
+    g = geometry(x.shape, kernel, stride)
+    y = np.empty((g.N, g.C, g.out_h, g.out_w), dtype=x.dtype)
+    argmax = np.empty(y.shape, dtype=np.uint8)
+    parts = parts_for(g.N, x.size)
+
+    def part(i):                                # the threads split the images
+        a, b = split(g.N, parts, i)
+        max_planes(x[a:b], *kernel, *stride, y[a:b], argmax[a:b])
+    run_parts(part, parts)
+    return y, (MaxPoolNumbaSaved(x.shape, argmax, tuple(kernel), tuple(stride)) if train else None)
+
+
+def maxpool_backward(saved, dy):
+    dy = np.ascontiguousarray(dy)
+    return unpool(dy, saved.argmax, saved.kernel, saved.stride, np.empty(saved.x_shape, dtype=dy.dtype))
+
+
+def maxpool_saved_bytes(x_shape, kernel, stride, itemsize):
+    """The uint8 argmax, one byte per output."""
+    g = geometry(x_shape, kernel, stride)
+    return g.N * g.C * g.P

@@ -1,5 +1,6 @@
-"""numba CPU kernels for BatchNorm2D (training and inference), replacing the mean/var/xhat temporaries of
-``tinyconv.layers.norm.BatchNorm2D`` with two passes over x forward and two over (x, dy) backward.
+"""BatchNorm on NumPy float32/float64 arrays: numba kernels, two passes over x forward and two over
+(x, dy) backward, instead of the reference's (norm.py) mean/var/xhat temporaries. Saves x, mean and
+inv_std (not xhat): backward recomputes xhat on the fly.
 
 Sums run in float64 (whatever x's dtype): M = N*H*W terms per channel, and float32 running sums
 would lose digits for large M. Loops run per channel (statistics, for a range of channels: the
@@ -14,16 +15,20 @@ images at a time, elementwise, so in SIMD lanes with no reordering), and only th
 partial sums are added serially at the end (``_channel_sums``). Fused and unfused calls sum the
 same per-element values in the same order, so they agree bit for bit on any CPU.
 
-Fused ReLU (``relu`` set: a ReLU follows inside a model's forward, see kernels/fuse_gpu.py): the forward writes
+Fused ReLU (``relu`` set: the bn_relu ops of fused_numba.py): the forward writes
 max(y, 0), and the backward masks dy by y > 0, with y recomputed from x by ``_bn_out``, the very
 expression the forward used (no kernel uses fast-math, and LLVM does not contract into FMAs without
 it), so the mask is bit for bit the ReLU's x > 0 and nothing the size of x is cached
 for it.
 """
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
-from .pool_cpu import first_max4
+from ..kernels.threads import parts_for, run_parts, split
+from .grads import store_grad
+from .norm import update_running_stats
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -183,50 +188,84 @@ def backward_dx_inplace(x, dy, mean, inv_std, gamma, beta, relu, scale, dbeta, d
                  batch_stats, ds)
 
 
-# -- BatchNorm2D -> ReLU -> MaxPool2D forward in one pass (non-overlapping windows: stride >= kernel) --
-# The forward never writes the full-resolution BatchNorm+ReLU output: each window is normalised,
-# rectified and reduced while in cache. Same expressions and the same first-maximum rule as the
-# separate kernels (``_bn_out``, then ``v if v > 0 else 0``, then MaxPool2D's strict ``>``), so the
-# pooled output and argmax are bit for bit those of normalize + pool_cpu.maxpool_forward. (The
-# backward reuses the separate kernels: pool_cpu.maxpool_backward into a full-size buffer, then
-# backward_sums and backward_dx_inplace over that buffer. Fused versions that route dy per plane
-# measured slower here: numba's per-window scatter costs more than the streaming passes it saves.)
+# -- the op ------------------------------------------------------------------------------------------
+class BatchNormNumbaSaved(NamedTuple):
+    x: np.ndarray            # the input, by reference
+    mean: np.ndarray         # (C,) in x's dtype
+    inv_std: np.ndarray
+    train: bool
 
-@numba.njit(cache=True, nogil=True)
-def normalize_relu_maxpool(x, mean, inv_std, gamma, beta, kh, kw, sh, sw, y, argmax):
-    """y[n, c, p, q] = max over the window at (p*sh, q*sw) of max(BN(x), 0); argmax as MaxPool2D's
-    (offset i*kw + j of the first maximum)."""
-    N, C, W = x.shape[0], x.shape[1], x.shape[3]
-    out_h, out_w = y.shape[2], y.shape[3]
-    zero = y.dtype.type(0)
-    r0 = np.empty(W, dtype=y.dtype)                 # 2x2: a pair of rows, normalised and rectified
-    r1 = np.empty(W, dtype=y.dtype)
-    for task in range(N * C):
-        n = task // C
-        c = task % C
-        mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
-        if kh == 2 and kw == 2 and sh == 2 and sw == 2:   # the default model's windows
-            for p in range(out_h):
-                for w in range(W):
-                    v = _bn_out(x[n, c, 2 * p, w], mu, s, g, b)
-                    r0[w] = v if v > 0 else zero
-                    v = _bn_out(x[n, c, 2 * p + 1, w], mu, s, g, b)
-                    r1[w] = v if v > 0 else zero
-                for q in range(out_w):
-                    best, idx = first_max4(r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1])
-                    y[n, c, p, q] = best
-                    argmax[n, c, p, q] = idx
-            continue
-        for p in range(out_h):
-            for q in range(out_w):
-                best = zero
-                best_idx = 0
-                for i in range(kh):
-                    for j in range(kw):
-                        v = _bn_out(x[n, c, p * sh + i, q * sw + j], mu, s, g, b)
-                        v = v if v > 0 else zero
-                        if (i == 0 and j == 0) or v > best:
-                            best = v
-                            best_idx = i * kw + j
-                y[n, c, p, q] = best
-                argmax[n, c, p, q] = best_idx
+
+def statistics(x, buffers, train, momentum, eps):
+    """(mean, inv_std) in x's dtype: the batch's (float64 sums; the threads split the channels), with
+    the running statistics updated, or the running ones."""
+    C = x.shape[1]
+    if train:
+        mean, var = np.empty(C, dtype=np.float64), np.empty(C, dtype=np.float64)
+        parts = parts_for(C, x.size)
+        run_parts(lambda i: channel_mean_var(x, mean, var, *split(C, parts, i)), parts)
+        update_running_stats(buffers, mean, var, x.size // C, momentum)
+    else:
+        mean, var = buffers["running_mean"], buffers["running_var"]
+    inv_std = 1 / np.sqrt(var.astype(x.dtype) + x.dtype.type(eps))
+    return mean.astype(x.dtype), inv_std
+
+
+def normalize_images(x, mean, inv_std, gamma, beta, relu, y):
+    """``normalize`` with the threads splitting the images."""
+    parts = parts_for(x.shape[0], x.size)
+
+    def part(i):
+        a, b = split(x.shape[0], parts, i)
+        normalize(x[a:b], mean, inv_std, gamma, beta, relu, y[a:b])
+    run_parts(part, parts)
+
+
+def gradients(x, dy, mean, inv_std, gamma_beta, relu, train, params, grads, accumulate, in_place):
+    """grads["beta"], grads["gamma"] (``backward_sums``, the threads split the channels), then dx
+    (``backward_dx``, the threads split the images), written over dy when ``in_place``. ``gamma_beta``:
+    what y > 0 is recomputed with when ``relu`` (the forward's values)."""
+    C = x.shape[1]
+    dbeta, dgamma = np.empty(C, dtype=np.float64), np.empty(C, dtype=np.float64)
+    parts = parts_for(C, x.size)
+    run_parts(lambda i: backward_sums(x, dy, mean, inv_std, *gamma_beta, relu, dbeta, dgamma,
+                                      *split(C, parts, i)), parts)
+    dbeta, dgamma = dbeta.astype(x.dtype), dgamma.astype(x.dtype)
+    store_grad(grads, "beta", dbeta, accumulate)
+    store_grad(grads, "gamma", dgamma, accumulate)
+    scale = params["gamma"] * inv_std
+    M = x.dtype.type(x.size // C)
+    dx = dy if in_place else np.empty_like(dy)
+    parts = parts_for(x.shape[0], x.size)
+
+    def part(i):
+        a, b = split(x.shape[0], parts, i)
+        if in_place:
+            backward_dx_inplace(x[a:b], dy[a:b], mean, inv_std, *gamma_beta, relu, scale, dbeta, dgamma, M, train)
+        else:
+            backward_dx(x[a:b], dy[a:b], mean, inv_std, *gamma_beta, relu, scale, dbeta, dgamma, M, train,
+                        dx[a:b])
+    run_parts(part, parts)
+    return dx
+
+
+def batchnorm_forward(x, params, buffers, train, momentum, eps):
+    """norm.batchnorm_forward in two passes over x (statistics, then y)."""
+    x = np.ascontiguousarray(x)
+    mean, inv_std = statistics(x, buffers, train, momentum, eps)
+    y = np.empty_like(x)
+    normalize_images(x, mean, inv_std, params["gamma"], params["beta"], False, y)
+    return y, BatchNormNumbaSaved(x, mean, inv_std, train)
+
+
+def batchnorm_backward(saved, dy, params, grads, accumulate=False):
+    """norm.batchnorm_backward in two passes over (x, dy) (the two sums, then dx)."""
+    x, mean, inv_std, train = saved
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    return gradients(x, dy, mean, inv_std, (params["gamma"], params["beta"]), False, train, params, grads,
+                     accumulate, in_place=False)
+
+
+def batchnorm_saved_bytes(x_shape, itemsize):
+    """x by reference; mean and inv_std, C values each."""
+    return 2 * x_shape[1] * itemsize

@@ -1,0 +1,46 @@
+"""The micro-batch planner asks the ops what they keep for backward (no branches on layer classes)."""
+import numpy as np
+
+from tinyconv import Conv2D, Layer, Sequential, ops, seed_cnn
+from tinyconv.fusion import BNReLUMaxPool
+from tinyconv.training import training_bytes_per_sample
+
+
+def test_the_estimate_adds_what_each_step_of_the_plan_states():
+    model = seed_cnn(input_shape=(3, 54, 44))
+    shape, total, largest = (3, 54, 44), 3 * 54 * 44 * 4, 0
+    for step in model.plan():
+        out = step.output_shape(shape)
+        kept = step.saved_bytes((1,) + shape, np.float32, "cpu")
+        total += int(np.prod(out)) * 4 + kept
+        largest = max(largest, kept + int(np.prod(out)) * 4)
+        shape = out
+    assert training_bytes_per_sample(model, (3, 54, 44)) == int(total + 2 * largest)
+
+
+def test_each_implementation_states_its_own_bytes(monkeypatch):
+    """The fused block keeps x by reference and a 1-byte argmax in numba; the reference composition
+    keeps xhat, the ReLU's mask and the argmax."""
+    step = seed_cnn(input_shape=(3, 54, 44)).plan()[1]
+    assert isinstance(step, BNReLUMaxPool)
+    x_shape = (1, 32, 54, 44)
+    values, pooled = 32 * 54 * 44, 32 * 27 * 22
+    monkeypatch.setattr(ops, "NUMBA", False)
+    assert step.saved_bytes(x_shape, np.float32, "cpu") == (values + 32) * 4 + values + pooled
+    if ops.HAVE_NUMBA:
+        monkeypatch.setattr(ops, "NUMBA", True)
+        assert step.saved_bytes(x_shape, np.float32, "cpu") == 4 * 32 * 4 + pooled
+
+
+def test_a_layer_of_ones_own_counts_what_it_says():
+    class Keeps(Layer):
+        def forward(self, x, train=True):
+            return x
+
+        def saved_bytes(self, x_shape, dtype, device):
+            return 1000
+
+    a = Sequential([Conv2D(3, 4, 3, padding=1)])
+    b = Sequential([Conv2D(3, 4, 3, padding=1), Keeps()])
+    extra = training_bytes_per_sample(b, (3, 8, 8)) - training_bytes_per_sample(a, (3, 8, 8))
+    assert extra == 4 * 8 * 8 * 4 + 1000       # its output and what it keeps
