@@ -25,8 +25,8 @@ from tinyconv.rundir import RunDirError
 from tinyconv.training import (MAX_WIDTH, MIN_SYNTHETIC, TrainConfig, TrainingError, read_config, run_experiment,
                                saved_data_paths)
 
-SCHEDULE_CHOICES = ("constant", "batch-increase", "lr-decay", "all")
-ALL = ("constant", "batch-increase", "lr-decay")
+SCHEDULE_CHOICES = ("constant", "batch-increase", "lr-decay", "noise-adaptive", "all")
+ALL = ("constant", "batch-increase", "lr-decay", "noise-adaptive")
 
 # Options that may differ from the saved settings on --resume: they do not change what is trained.
 FREE_ON_RESUME = {"epochs", "no_progress", "device", "tf32", "data", "cache_dir", "eval_batch_size", "resident"}
@@ -57,7 +57,8 @@ def parser():
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--schedule", choices=SCHEDULE_CHOICES, default="all",
-                   help="what to train: one schedule, or all three from the same weights and data order")
+                   help="what to train: one schedule, or all four from the same weights and data order "
+                        "(noise-adaptive: the batch size follows the measured gradient noise scale)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="cpu (NumPy + numba kernels) or gpu (CuPy, one CUDA device; pip install -e .[gpu])")
     p.add_argument("--data", default=None,
@@ -105,6 +106,9 @@ def parser():
     p.add_argument("--eval-batch-size", type=integer(1), default=d.eval_batch_size,
                    help="batch size for validation and test")
     p.add_argument("--resident", action="store_true", help="keep the training images in (GPU) memory")
+    p.add_argument("--noise-every", type=integer(0), default=d.noise_every,
+                   help="measure the gradient noise scale B_simple every K steps (one more half-batch forward "
+                        "and backward; the run is otherwise unchanged; 0: never)")
     p.add_argument("--tf32", action="store_true",
                    help="GPU: let cuBLAS use TF32 tensor cores for float32 GEMMs")
     p.add_argument("--synthetic-count", type=integer(MIN_SYNTHETIC), default=None,
@@ -139,7 +143,8 @@ def config_from_args(args, schedule):
         momentum=args.momentum, init=args.init, width=args.width, dropout=args.dropout,
         pos_weight=args.pos_weight, seed=args.seed, max_micro_batch=args.max_micro_batch,
         eval_batch_size=args.eval_batch_size, resident=args.resident,
-        synthetic_count=args.synthetic_count, tf32=args.tf32, progress=not args.no_progress)
+        synthetic_count=args.synthetic_count, tf32=args.tf32, progress=not args.no_progress,
+        noise_every=args.noise_every)
 
 
 def resume_plan(args, given):

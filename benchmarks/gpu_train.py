@@ -210,8 +210,11 @@ def main(argv=None):
     ap.add_argument("--out", help="also write the Markdown here")
     args = ap.parse_args(argv)
 
-    from tinyconv.backend import gpu_status, require_gpu
-    require_gpu()
+    from tinyconv.backend import GPUUnavailableError, gpu_status, require_gpu
+    try:
+        require_gpu()
+    except GPUUnavailableError as exc:      # one line, not a traceback
+        sys.exit(f"gpu_train.py: error: {exc}")
     have_torch = False
     if not args.no_torch:
         try:

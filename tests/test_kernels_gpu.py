@@ -413,3 +413,25 @@ def test_tf32_switch_round_trips():
     finally:
         common_gpu.set_tf32(False)
     assert not common_gpu.tf32_enabled()
+
+
+def test_kernel_functions_are_looked_up_once(monkeypatch):
+    """common_gpu.kernel compiles a module once and looks each function up once: CuPy's get_function
+    builds a new RawKernel object on every call, which a launch per op per step would pay each time."""
+    import types
+    calls = []
+
+    class Module:
+        def __init__(self, code, options):
+            calls.append(("compile", code[:10]))
+
+        def get_function(self, name):
+            calls.append(("get", name))
+            return f"fn:{name}"
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=Module))
+    monkeypatch.setattr(common_gpu, "_modules", {})
+    monkeypatch.setattr(common_gpu, "_functions", {})
+    for _ in range(3):
+        assert common_gpu.kernel("pool", "maxpool_forward") == "fn:maxpool_forward"
+        assert common_gpu.kernel("pool", "maxpool_backward") == "fn:maxpool_backward"
+    assert [c[0] for c in calls] == ["compile", "get", "get"]

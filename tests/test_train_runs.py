@@ -124,7 +124,7 @@ def test_resume_of_an_experiment_with_a_schedule_resumes_that_run(cache, tmp_pat
     exp = tmp_path / "exp"
     assert train(cache, "--run-dir", str(exp), epochs=1) == 0
     assert json.loads((exp / "experiment.json").read_text())["schedules"] == ["constant", "batch-increase",
-                                                                              "lr-decay"]
+                                                                              "lr-decay", "noise-adaptive"]
     capsys.readouterr()
     assert train_cli.main(["--resume", str(exp), "--schedule", "lr-decay", "--epochs", "2", "--no-progress"]) == 0
     rows = [json.loads(x)["epoch"] for x in (exp / "lr-decay" / "metrics.jsonl").read_text().splitlines()]
@@ -135,7 +135,7 @@ def test_resume_of_an_experiment_with_a_schedule_resumes_that_run(cache, tmp_pat
     capsys.readouterr()
     (exp / "batch-increase" / "config.json").rename(exp / "batch-increase" / "config.moved")
     assert train_cli.main(["--resume", str(exp), "--schedule", "batch-increase", "--no-progress"]) == 2
-    assert "this experiment holds constant, lr-decay" in capsys.readouterr().err
+    assert "this experiment holds constant, lr-decay, noise-adaptive" in capsys.readouterr().err
 
 
 # --- 2. resume continues the same run, or says why not ---------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-SCHEDULES = ("constant", "batch-increase", "lr-decay")
+SCHEDULES = ("constant", "batch-increase", "lr-decay", "noise-adaptive")
 
 
 @dataclass
@@ -373,7 +373,7 @@ class BatchSizeFollowsNoise(_Schedule):
 def make_schedule(name, *, lr, batch_size, factor=None, patience=None, min_delta=1e-4, cooldown=0,
                   min_lr=0.0, max_batch_size=None, on_max="stop", milestones=None,
                   monitor="val_loss", mode="min"):
-    """The schedule called ``name`` ("constant", "batch-increase", "lr-decay") for train.py.
+    """The schedule called ``name`` ("constant", "batch-increase", "lr-decay", "noise-adaptive") for train.py.
 
     With ``milestones`` the change happens at those epochs instead of on a plateau.
     ``constant`` returns ``Constant(lr)``, whose ``lr`` and ``batch_size`` are None: the
@@ -392,4 +392,6 @@ def make_schedule(name, *, lr, batch_size, factor=None, patience=None, min_delta
         if milestones:
             return BatchSizeAtMilestones(batch_size, factor, milestones, **cap)
         return BatchSizeOnPlateau(batch_size, factor, **plateau, **cap)
+    if name == "noise-adaptive":
+        return BatchSizeFollowsNoise(batch_size, max_batch_size, factor=factor)
     raise ValueError(f"unknown schedule {name!r}: expected one of {', '.join(SCHEDULES)}")

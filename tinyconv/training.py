@@ -33,6 +33,7 @@ from . import __version__
 from .backend import gpu_status, to_cpu, xp_for
 from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import BCEWithLogits
+from .noise import GradientNoiseScale
 from .models import MAX_INPUT_SIDE, MAX_WIDTH, MIN_INPUT_SIDE, build_model, check_state_fits, seed_cnn
 from .optim import SGD, Adam
 from .rundir import atomic_write_text, experiment_runs, lock_run, remove_leftovers, run_name, write_experiment_file
@@ -88,7 +89,7 @@ class TrainConfig:
     milestones: tuple = ()                     # change at these epochs instead of on a plateau
     optimizer: str = "adam"                    # adam | sgd
     momentum: float = 0.9                      # for sgd
-    adam_eps: float = 1e-7                     # Keras' default, as in the study
+    adam_eps: float = 1e-7                     # Keras' value (the study's), on sqrt(v_hat) as Kingma & Ba
     init: str = "he_normal"
     width: float = 1.0
     dropout: float = 0.3
@@ -99,6 +100,7 @@ class TrainConfig:
     resident: bool = False                     # keep the training images in (GPU) memory
     synthetic_count: int = None                # size of the built-in set (None: its default)
     tf32: bool = False                         # GPU: cuBLAS float32 GEMMs on TF32 tensor cores
+    noise_every: int = 16                      # measure the gradient noise scale every k steps (0: never)
     progress: bool = True
 
     def __post_init__(self):
@@ -114,7 +116,7 @@ class TrainConfig:
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"unknown device {self.device!r}: expected cpu or gpu")
         for name, lo in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_batch_size", 1),
-                         ("patience", 0), ("cooldown", 0), ("seed", 0)):
+                         ("patience", 0), ("cooldown", 0), ("seed", 0), ("noise_every", 0)):
             _check_int(name, getattr(self, name), lo)
         for name, lo, hi, lo_open, hi_open in (("lr", 0, None, True, False), ("factor", 1, None, True, False),
                                                ("min_delta", 0, None, False, False), ("min_lr", 0, None, False, False),
@@ -160,7 +162,7 @@ def metric_columns(attributes):
     for split in ("train", "val"):
         cols += [f"{split}_acc_{a}" for a in attributes] + [f"{split}_acc_mean"]
     cols += ["batch_size", "lr", "updates", "images_seen", "epoch_time_s", "wall_time_s", "images_per_s",
-             "noise_scale", "noise_scale_exact", "change"]
+             "noise_scale", "noise_scale_exact", "grad_noise_scale", "change"]
     return cols
 
 
@@ -320,6 +322,8 @@ class Run:
         self.accum = self._fresh_accum()         # the current epoch's running sums
         self.stop = StopRequest()
         self.micro_batch = plan_micro_batch(cfg, self.model, (3,) + tuple(ds.image_size))
+        self.noise = GradientNoiseScale()          # B_simple, measured every cfg.noise_every steps
+        self._small = None                         # this step's half-batch |G|^2, when measured
 
     def _fresh_accum(self):
         return {"loss_sum": 0.0, "correct": [0] * len(self.ds.attributes), "seen": 0, "seconds": 0.0}
@@ -355,6 +359,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "rng": {"dropout": dropout_states(self.model)},
+            "noise": self.noise.state_dict(),
             "progress": {"epoch": self.epoch, "batch": self.batch, "updates": self.updates,
                          "images_seen": self.images_seen, "wall_time": self.wall_time,
                          "batch_size": self.batch_size, "lr": self.lr,
@@ -383,6 +388,8 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         set_dropout_states(self.model, state["rng"]["dropout"])
+        if "noise" in state:                       # checkpoints before the noise scale have none
+            self.noise.load_state_dict(state["noise"])
         p = state["progress"]
         self.epoch, self.batch = int(p["epoch"]), int(p["batch"])
         self.updates, self.images_seen, self.wall_time = int(p["updates"]), int(p["images_seen"]), float(p["wall_time"])
@@ -594,6 +601,9 @@ class Run:
         model, loss_fn, xp = self.model, self.loss_fn, self.xp
         B = len(batch.index)
         micro = self.micro_batch or B
+        measure = self.cfg.noise_every and B >= 2 and self.updates % self.cfg.noise_every == 0
+        if measure:
+            self._measure_half_batch(batch)
         if micro >= B:
             logits = model.forward(batch.x)
             loss = loss_fn.forward_array(logits, batch.y)
@@ -609,8 +619,30 @@ class Run:
                 loss = loss + loss_fn.forward_array(logits, y) * share
                 model.backward(loss_fn.backward() * share, accumulate=s > 0)
                 self._batch_correct = self._batch_correct + ((logits > 0) == (y > 0.5)).sum(axis=0)
+        if measure:
+            self.noise.update(self._small[0], self._small[1], squared_grad_norm(model), B)
         self.optimizer.step()
         return loss
+
+    def _measure_half_batch(self, batch):
+        """|G_small|^2 of the first half of the batch, for the gradient noise scale (tinyconv/noise.py):
+        one more forward and backward, after which the BatchNorm running statistics and the dropout
+        generators are put back, so the training run itself is exactly what it is without it. (The
+        half batch is normalised with its own statistics: its gradient is that of the model with
+        BatchNorm over B/2 images, a small bias in the estimate, see docs/noise-scale.md.)"""
+        model, half = self.model, len(batch.index) // 2
+        buffers = [{k: v.copy() for k, v in layer.buffers.items()} for layer in model.layers]
+        generators = dropout_states(model)
+        micro = self.micro_batch or half
+        for s in range(0, half, micro):
+            x, y = batch.x[s:min(s + micro, half)], batch.y[s:min(s + micro, half)]
+            self.loss_fn.forward_array(model.forward(x), y)
+            model.backward(self.loss_fn.backward() * (len(x) / half), accumulate=s > 0)
+        self._small = (squared_grad_norm(model), half)
+        for layer, saved in zip(model.layers, buffers):
+            for k, v in saved.items():
+                layer.buffers[k][...] = v
+        set_dropout_states(model, generators)
 
     def end_epoch(self):
         cfg, acc = self.cfg, self.accum
@@ -631,6 +663,7 @@ class Run:
                     "images_per_s": acc["seen"] / max(acc["seconds"], 1e-9),
                     "noise_scale": self.lr * n_train / self.batch_size,
                     "noise_scale_exact": sgd_noise_scale(self.lr, n_train, self.batch_size, self._momentum()),
+                    "grad_noise_scale": self.noise.b_simple,
                     "change": self.pending_change})
         self.metrics.append(row)
         self._append_metrics(row)
@@ -643,7 +676,8 @@ class Run:
             self.best_val_loss, self.best_epoch = val_loss, self.epoch
         # The schedule decides at the end of the epoch; the change applies from the next one.
         self.pending_change = ""
-        if self.schedule.step({"val_loss": val_loss, "val_acc": row["val_acc_mean"]}) is not None:
+        if self.schedule.step({"val_loss": val_loss, "val_acc": row["val_acc_mean"],
+                               "grad_noise_scale": self.noise.b_simple}) is not None:
             change = self.schedule.last_change
             if change.what == "lr":
                 self.lr = float(change.new)
@@ -659,6 +693,15 @@ class Run:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def squared_grad_norm(model):
+    """|g|^2 over every parameter gradient of the model, summed in float64, as a Python float."""
+    total = 0.0
+    for _, grads in model.parameters():
+        for g in grads.values():
+            total += float((g.astype("float64") ** 2).sum())
+    return total
+
 
 def sgd_noise_scale(lr, n, batch_size, momentum=0.0):
     """Smith & Le's SGD noise scale g = lr / (1 - momentum) * (N / B - 1); the logged ``noise_scale``

@@ -18,6 +18,7 @@ CUDA_DIR = Path(__file__).with_name("cuda")
 THREADS = 256                 # threads per block
 MAX_BLOCKS = 65536            # beyond this, threads loop (grid-stride)
 _modules = {}
+_functions = {}               # (module, name) -> the kernel function, looked up once per process
 
 
 def source(name):
@@ -26,11 +27,15 @@ def source(name):
 
 
 def kernel(module, name):
-    """The compiled kernel ``name`` of ``cuda/<module>.cu`` (compiled on first use, then cached)."""
-    if module not in _modules:
-        import cupy
-        _modules[module] = cupy.RawModule(code=source(module), options=("--std=c++14",))
-    return _modules[module].get_function(name)
+    """The compiled kernel ``name`` of ``cuda/<module>.cu``: the module compiled on first use, each
+    function looked up once (``get_function`` builds a new RawKernel object on every call)."""
+    fn = _functions.get((module, name))
+    if fn is None:
+        if module not in _modules:
+            import cupy
+            _modules[module] = cupy.RawModule(code=source(module), options=("--std=c++14",))
+        fn = _functions[(module, name)] = _modules[module].get_function(name)
+    return fn
 
 
 def blocks_for(total):
@@ -65,8 +70,9 @@ def f32(v):
 
 def set_tf32(enabled=True):
     """Let cuBLAS run float32 GEMMs on the tensor cores in TF32 (10-bit mantissa inputs, float32
-    accumulation): off by default. Affects every float32 ``cupy.matmul`` of this process from
-    now on, the convolutions' and Dense's GEMMs included; the hand-written kernels are unaffected.
+    accumulation): off by default. Affects the float32 GEMMs CuPy sends to cuBLAS from now on (the
+    convolutions' and Dense's 2-D matmuls; CuPy's batched matmul does not take this compute type);
+    the hand-written kernels are unaffected.
     Same as starting the process with ``CUPY_TF32=1``, but switchable at run time."""
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
     from ..backend import gpu_available

@@ -71,7 +71,9 @@ def plot_curves(runs, x="epoch", path=None, notes=()):
 
 
 def plot_schedule(runs, path=None, notes=()):
-    """Batch size (log 2 axis) and learning rate (log axis) of each run, epoch by epoch."""
+    """Batch size (log 2 axis) and learning rate (log axis) of each run, epoch by epoch; beside the batch
+    size, dotted, the gradient noise scale B_simple each run measured (the batch size beyond which larger
+    batches stop buying proportionally fewer steps; McCandlish et al. 2018)."""
     styles = _styles(runs)
     fig, (ax_bs, ax_lr) = _figure(2, "What each schedule changed", notes)
     n = len(runs)
@@ -82,6 +84,9 @@ def plot_schedule(runs, path=None, notes=()):
         label = _legend_label(r, runs)
         ax_bs.plot(epochs, [row["batch_size"] for row in r.metrics], color=color, marker=marker, lw=lw,
                    drawstyle="steps-mid", label=label)
+        noise = [(row["epoch"], row["grad_noise_scale"]) for row in r.metrics if row.get("grad_noise_scale")]
+        if noise:
+            ax_bs.plot(*zip(*noise), color=color, ls=":", lw=1.2, label=f"{label}: B_simple (measured)")
         ax_lr.plot(epochs, [row["lr"] for row in r.metrics], color=color, marker=marker, lw=lw,
                    drawstyle="steps-mid", label=label)
     ax_bs.set_yscale("log", base=2)
@@ -91,10 +96,16 @@ def plot_schedule(runs, path=None, notes=()):
     for ax, key in ((ax_bs, "batch_size"), (ax_lr, "lr")):
         # Ticks at exactly the values the runs used, written plainly (64, 0.0005), not 2^6 or 5x10^-4.
         values = sorted({row[key] for r in runs for row in r.metrics})
+        if key == "batch_size":             # the axis must hold the measured noise scale too
+            noise = [row["grad_noise_scale"] for r in runs for row in r.metrics if row.get("grad_noise_scale")]
+            lo, hi = min(values + noise), max(values + noise)
         ax.set_yticks(values if len(values) <= 12 else values[::-(-len(values) // 12)])
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylim(values[0] / 1.3, values[-1] * 1.3)
+        if key == "batch_size":
+            ax.set_ylim(lo / 1.3, hi * 1.3)
+        else:
+            ax.set_ylim(values[0] / 1.3, values[-1] * 1.3)
     for ax in (ax_bs, ax_lr):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
