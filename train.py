@@ -22,8 +22,7 @@ from tinyconv.cli import HelpFormatter, image_size, integer, number
 from tinyconv.models import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 import tinyconv.training as training
 from tinyconv.rundir import RunDirError
-from tinyconv.training import (MAX_WIDTH, MIN_SYNTHETIC, TrainConfig, TrainingError, read_config, run_experiment,
-                               saved_data_paths)
+from tinyconv.training import MAX_WIDTH, MIN_SYNTHETIC, TrainConfig, TrainingError, read_config, run_experiment
 
 SCHEDULE_CHOICES = ("constant", "batch-increase", "lr-decay", "noise-adaptive", "all")
 ALL = ("constant", "batch-increase", "lr-decay", "noise-adaptive")
@@ -224,7 +223,8 @@ def main(argv=None):
             overrides, notes = resume_overrides(args, given, info["config"])
             cfg = TrainConfig.from_json({**info["config"], **overrides})
             if "data" not in overrides:     # the saved data, found from whatever folder we are in now
-                cfg.data, cfg.cache_dir = saved_data_paths(info)
+                from tinyconv.data import recorded_data_paths
+                cfg.data, cfg.cache_dir = recorded_data_paths(info)
         else:
             schedules = ALL if args.schedule == "all" else (args.schedule,)
             cfg, notes, overrides, seeds = config_from_args(args, schedules[0]), [], None, args.seeds

@@ -422,7 +422,8 @@ class Run:
         if progress is not None:
             overrides["progress"] = progress
         if "data" not in overrides:
-            cfg.data, cfg.cache_dir = saved_data_paths(info)
+            from .data import recorded_data_paths
+            cfg.data, cfg.cache_dir = recorded_data_paths(info)
         for k, v in overrides.items():
             setattr(cfg, k, v)
         state = load_checkpoint(last)
@@ -849,10 +850,8 @@ class StopRequest:
 # --- experiments: one or several schedules from the same start ---------------------------------
 
 def open_data(cfg):
-    from .data import load_dataset
-    kw = {} if cfg.synthetic_count is None else {"synthetic_count": cfg.synthetic_count}
-    return load_dataset(cfg.data, image_size=cfg.image_size, attributes=cfg.attributes,
-                        cache_dir=cfg.cache_dir, progress=cfg.progress, **kw)
+    from .data import load_for_settings
+    return load_for_settings(cfg.to_json(), progress=cfg.progress)
 
 
 def write_comparison(run_dirs, out_dir, ds, device="cpu"):
@@ -931,23 +930,6 @@ def read_config(run_dir):
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: not a readable run configuration ({exc})") from None
     return info
-
-
-def saved_data_paths(info):
-    """(data, cache_dir) of a saved config, made to work from any working folder: the prepared file the
-    run used (config.json's data.path) if it is still there, else the saved paths, relative ones taken
-    from the folder the run was started in (config.json's cwd) when they exist there."""
-    cfg, cwd = info["config"], info.get("cwd")
-
-    def locate(p):
-        if p is None or Path(p).is_absolute() or cwd is None:
-            return p
-        there = Path(cwd) / p
-        return str(there) if there.exists() or not Path(p).exists() else p
-    prepared = locate(info.get("data", {}).get("path"))
-    if prepared and Path(prepared).is_file():
-        return prepared, locate(cfg.get("cache_dir", "data"))
-    return locate(cfg.get("data")), locate(cfg.get("cache_dir", "data"))
 
 
 def check_same_data(info, ds, run_dir):

@@ -10,7 +10,7 @@ Command line: ``python -m tinyconv.data prepare ROOT --out FILE.h5`` and
 """
 from .batches import Batch, BatchIterator, epoch_order
 from .celeba import ATTRIBUTE_NAMES, DEFAULT_ATTRIBUTES, detect_layout
-from .dataset import SYNTHETIC_WARNING, Dataset, load_dataset
+from .dataset import SYNTHETIC_WARNING, Dataset, load_dataset, load_for_settings, recorded_data_paths
 from .errors import DataError, UsageError
 from .prepare import prepare
 from .resize import FULL_SIZE, RESIZE_FILTER, RESIZE_POLICY, crop_box, resize_to_model
@@ -20,6 +20,7 @@ from .synthetic import synthesize
 __all__ = [
     "ATTRIBUTE_NAMES", "Batch", "BatchIterator", "DEFAULT_ATTRIBUTES", "DEFAULT_SYNTHETIC_COUNT",
     "DataError", "Dataset", "FULL_SIZE", "RESIZE_FILTER", "RESIZE_POLICY", "SYNTHETIC_WARNING",
-    "crop_box", "detect_layout", "epoch_order", "load_dataset", "prepare", "resize_to_model",
+    "crop_box", "detect_layout", "epoch_order", "load_dataset", "load_for_settings", "prepare",
+    "recorded_data_paths", "resize_to_model",
     "synthesize", "UsageError",
 ]

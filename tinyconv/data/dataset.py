@@ -373,6 +373,32 @@ def _synthetic_root(cache_dir, count, seed, workers, progress):
     return root
 
 
+def load_for_settings(settings, progress=True):
+    """The dataset a run's settings describe (``TrainConfig.to_json()``, or config.json's "config"): the
+    one place that turns data, image_size, attributes, cache_dir and synthetic_count into a Dataset."""
+    kw = {} if settings.get("synthetic_count") is None else {"synthetic_count": settings["synthetic_count"]}
+    return load_dataset(settings.get("data"), image_size=tuple(int(s) for s in settings["image_size"]),
+                        attributes=tuple(settings["attributes"]), cache_dir=settings.get("cache_dir", "data"),
+                        progress=progress, **kw)
+
+
+def recorded_data_paths(info):
+    """(data, cache_dir) of a run's config.json, made to work from any working folder: the prepared file
+    the run used (its data.path) if it is still there, else the saved paths, relative ones taken from the
+    folder the run was started in (its cwd) when they exist there."""
+    cfg, cwd = info["config"], info.get("cwd")
+
+    def locate(p):
+        if p is None or Path(p).is_absolute() or cwd is None:
+            return p
+        there = Path(cwd) / p
+        return str(there) if there.exists() or not Path(p).exists() else p
+    prepared = locate(info.get("data", {}).get("path"))
+    if prepared and Path(prepared).is_file():
+        return prepared, locate(cfg.get("cache_dir", "data"))
+    return locate(cfg.get("data")), locate(cfg.get("cache_dir", "data"))
+
+
 def _stale_reason(path, fingerprint):
     try:
         with h5py.File(path, "r") as f:

@@ -139,22 +139,16 @@ def open_datasets(runs, given=()):
     ``given`` are Datasets already open (train.py passes its own); a run whose recorded data path
     matches one of them reuses it. Returns (mapping, the Datasets opened here, to close).
     """
-    from ..data import load_dataset
+    from ..data import load_for_settings, recorded_data_paths
     by_path = {str(Path(ds.path).resolve()): ds for ds in given}
     opened, mapping = [], {}
     for r in runs:
         recorded = r.info.get("data", {}).get("path")
         key = str(Path(recorded).resolve()) if recorded else None
         if key not in by_path:
-            cfg = r.config
-            size, attributes = tuple(int(s) for s in cfg["image_size"]), tuple(cfg["attributes"])
-            if recorded and Path(recorded).is_file():
-                ds = load_dataset(recorded, image_size=size, attributes=attributes, progress=False)
-            else:        # the prepared file moved: prepare (or find) it again from the settings, as
-                # training did (tinyconv.training.open_data; its config is read here as recorded)
-                extra = {} if cfg.get("synthetic_count") is None else {"synthetic_count": cfg["synthetic_count"]}
-                ds = load_dataset(cfg.get("data"), image_size=size, attributes=attributes,
-                                  cache_dir=cfg.get("cache_dir", "data"), progress=False, **extra)
+            # the prepared file the run used, or (moved) prepared again from its settings, as training does
+            data, cache_dir = recorded_data_paths(r.info)
+            ds = load_for_settings({**r.config, "data": data, "cache_dir": cache_dir}, progress=False)
             opened.append(ds)
             by_path[key] = ds
             by_path[str(Path(ds.path).resolve())] = ds
