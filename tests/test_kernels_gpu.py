@@ -274,7 +274,7 @@ def test_training_steps_emulated_match_plain(emulated, plain_path):
     assert sum(isinstance(step, BNReLUMaxPool) for step in model.plan()) == 5
     got_loss, got_state, opt = train_steps(model, x, t)
     assert type(model.steps[1].saved).__module__ == "tinyconv.ops.fused_cuda"
-    assert opt.flat is not None and opt.flat.n == model.num_params()
+    assert opt.flat is not None and sum(v[0].size for v in opt.flat.views) == model.num_params()
     assert model.layers[0].params["w"].base is opt.flat.p              # params are views
     assert model.layers[0].grads["w"].base is opt.flat.g               # and so are the gradients
     plain_path()
