@@ -421,6 +421,41 @@ def test_conv_gpu_chunks_match_plain(cupy_plain, monkeypatch):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_gpu_many_outputs_chunks_match_plain(cupy_plain, monkeypatch, bias):
+    """1x1 conv, 5 -> 300 channels: the GEMM output sets the chunk (3, 3, then 1 image), and the
+    bias gradient comes from the ones row over chunks of both sizes."""
+    monkeypatch.setattr(conv_cuda, "CHUNK_ELEMENTS", 300 * 3 * 13 * 11)
+    x = np.random.default_rng(0).standard_normal((7, 5, 13, 11)).astype(np.float32)
+
+    def make():
+        layer = Conv2D(5, 300, 1, bias=bias, rng=np.random.default_rng(2))
+        if bias:
+            layer.params["b"][...] = np.arange(300, dtype=np.float32) / 70
+        return layer
+    _gpu_compare(make, x, cupy_plain, tol=dict(rtol=1e-4, atol=1e-4))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_conv_gpu_empty_batch(accumulate):
+    """N = 0 through the CUDA op itself: an empty y, zero gradients (accumulate: unchanged)."""
+    import cupy
+    params = {"w": cupy.ones((4, 3, 3, 3), dtype=np.float32), "b": cupy.ones(4, dtype=np.float32)}
+    x = cupy.zeros((0, 3, 5, 6), dtype=np.float32)
+    y, saved = conv_cuda.conv2d_forward(x, params, True, (1, 1), (1, 1))
+    assert y.shape == (0, 4, 5, 6)
+    before = {"w": np.full((4, 3, 3, 3), 0.5, np.float32), "b": np.full(4, -2.0, np.float32)}
+    grads = {k: cupy.asarray(v) for k, v in before.items()}
+    dx = conv_cuda.conv2d_backward(saved, y, params, grads, True, accumulate)
+    assert dx.shape == x.shape
+    for k in before:
+        np.testing.assert_array_equal(to_cpu(grads[k]), before[k] if accumulate else 0, err_msg=k)
+
+
+@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape,k,stride", [((5, 7, 37, 29), 2, None), ((3, 4, 9, 8), 3, 2)])
 def test_maxpool_gpu_matches_plain(cupy_plain, shape, k, stride):
     x = np.random.default_rng(3).permutation(np.prod(shape)).reshape(shape).astype(np.float32)
