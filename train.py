@@ -3,12 +3,13 @@
     python train.py                                   # the whole small experiment, built-in data, CPU
     python train.py --schedule lr-decay --device gpu --data /path/to/celeba --image-size 218x178
     python train.py --resume runs/20261127-101500-all  # continue an interrupted run exactly
+    mpiexec -n 2 python train.py --schedule batch-increase --sync-bn   # data parallel, 2 ranks
 
 A new run gets a new folder (runs/<time>-<schedule>, made unique); a folder that already holds a run
 is refused unless --resume (continue it) or --overwrite (move it aside first). On --resume, every
 option given must agree with the run's saved settings, except those that do not change the run
 (--epochs to extend it, --no-progress, --device, --tf32, --data for a moved copy of the same data,
---cache-dir, --eval-batch-size, --resident).
+--cache-dir, --eval-batch-size, --resident). A run resumes with the same or another number of ranks.
 
 Everything here is argument parsing; the loop lives in tinyconv/training.py.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from tinyconv.cli import HelpFormatter, image_size, integer, number
 from tinyconv.models import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 import tinyconv.training as training
+from tinyconv import distributed
 from tinyconv.rundir import RunDirError
 from tinyconv.training import MAX_WIDTH, MIN_SYNTHETIC, TrainConfig, TrainingError, read_config, run_experiment
 
@@ -108,6 +110,9 @@ def parser():
     p.add_argument("--noise-every", type=integer(0), default=d.noise_every,
                    help="measure the gradient noise scale B_simple every K steps (one more half-batch forward "
                         "and backward; the run is otherwise unchanged; 0: never)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="data-parallel ranks (mpiexec -n R): BatchNorm statistics over the whole global batch, "
+                        "as one process computes them (default: each rank normalises its own share)")
     p.add_argument("--tf32", action="store_true",
                    help="GPU: let cuBLAS use TF32 tensor cores for float32 GEMMs")
     p.add_argument("--synthetic-count", type=integer(MIN_SYNTHETIC), default=None,
@@ -143,7 +148,7 @@ def config_from_args(args, schedule):
         pos_weight=args.pos_weight, seed=args.seed, max_micro_batch=args.max_micro_batch,
         eval_batch_size=args.eval_batch_size, resident=args.resident,
         synthetic_count=args.synthetic_count, tf32=args.tf32, progress=not args.no_progress,
-        noise_every=args.noise_every)
+        noise_every=args.noise_every, sync_bn=args.sync_bn)
 
 
 def resume_plan(args, given):
@@ -231,30 +236,76 @@ def main(argv=None):
         if cfg.device == "gpu":
             from tinyconv.backend import require_gpu
             require_gpu()
+        comm = distributed.init(cfg.device)
     except (TrainingError, ValueError, RuntimeError, OSError) as exc:   # bad settings or no GPU: one clear line
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    if comm.size > 1:
+        training.QUIET = not comm.is_root
+        distributed.set_rank_threads(comm)
     try:
         if not args.resume:
-            run_dir = new_run_dir(args)
-        print(f"train.py: {'resume ' if args.resume else ''}{', '.join(schedules)} on "
-              f"{cfg.data or 'the built-in synthetic faces (NOT CelebA)'}, {cfg.image_size[0]}x{cfg.image_size[1]}, "
-              f"{cfg.device}; writing {run_dir}")
+            run_dir = on_root(comm, lambda: new_run_dir(args))
+        say = print if comm.is_root else (lambda *a, **k: None)
+        say(f"train.py: {'resume ' if args.resume else ''}{', '.join(schedules)} on "
+            f"{cfg.data or 'the built-in synthetic faces (NOT CelebA)'}, {cfg.image_size[0]}x{cfg.image_size[1]}, "
+            f"{cfg.device}{f', {comm.size} ranks ({comm.backend})' if comm.size > 1 else ''}; writing {run_dir}")
         for note in notes:
-            print(f"train.py: note: {note}")
+            say(f"train.py: note: {note}")
         t0 = time.perf_counter()
         training.SECOND_SIGNAL = "exit"     # a second Ctrl-C ends the process at once, code 130
-        run_experiment(cfg, schedules, run_dir, resume=bool(args.resume), overrides=overrides, seeds=seeds)
+        run_experiment(cfg, schedules, run_dir, resume=bool(args.resume), overrides=overrides, seeds=seeds,
+                       comm=comm)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, training._second_signal)
         print(f"\ntrain.py: interrupted; the position is saved. Continue with: python train.py --resume {run_dir}",
               file=sys.stderr)
         return 130
+    except _QuietError:
+        return 1
     except (TrainingError, RunDirError, ValueError, OSError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"train.py: done in {time.perf_counter() - t0:.0f} s; results in {run_dir}")
+        return stop_ranks(comm, 1)
+    except Exception as exc:
+        if comm.size == 1:
+            raise
+        import traceback
+        traceback.print_exc()
+        print(f"train.py: error on rank {comm.rank}: {exc!r}", file=sys.stderr)
+        return stop_ranks(comm, 1)
+    if comm.is_root:
+        print(f"train.py: done in {time.perf_counter() - t0:.0f} s; results in {run_dir}")
     return 0
+
+
+def on_root(comm, fn):
+    """fn() on rank 0, its result on every rank; an error there is raised on every rank."""
+    if comm.size == 1:
+        return fn()
+    result, error = None, None
+    if comm.is_root:
+        try:
+            result = fn()
+        except (TrainingError, RunDirError, ValueError, OSError) as exc:
+            error = exc
+    result, message = comm.broadcast((result, None if error is None else str(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise _QuietError(message)
+    return result
+
+
+class _QuietError(TrainingError):
+    """An error rank 0 reports; the other ranks stop quietly."""
+
+
+def stop_ranks(comm, code):
+    """A failure on one rank stops all of them (MPI_Abort): none may wait forever in a collective."""
+    if comm.size > 1:
+        sys.stderr.flush()
+        comm.abort(code)
+    return code
 
 
 def new_run_dir(args):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .backend import gpu_status, to_cpu, xp_for
 from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import BCEWithLogits
@@ -101,6 +101,7 @@ class TrainConfig:
     synthetic_count: int = None                # size of the built-in set (None: its default)
     tf32: bool = False                         # GPU: cuBLAS float32 GEMMs on TF32 tensor cores
     noise_every: int = 16                      # measure the gradient noise scale every k steps (0: never)
+    sync_bn: bool = False                      # data-parallel ranks: BatchNorm over the whole global batch
     progress: bool = True
 
     def __post_init__(self):
@@ -162,7 +163,7 @@ def metric_columns(attributes):
     for split in ("train", "val"):
         cols += [f"{split}_acc_{a}" for a in attributes] + [f"{split}_acc_mean"]
     cols += ["batch_size", "lr", "updates", "images_seen", "epoch_time_s", "wall_time_s", "images_per_s",
-             "noise_scale", "noise_scale_exact", "grad_noise_scale", "change"]
+             "noise_scale", "noise_scale_exact", "grad_noise_scale", "ranks", "comm_time_s", "comm_bytes", "change"]
     return cols
 
 
@@ -192,19 +193,28 @@ def set_dropout_states(model, states):
             layer.rng.bit_generator.state = states[layer.name]
 
 
-def evaluate(model, ds, split, batch_size, device, loss_fn=None):
-    """Mean loss and per-attribute accuracy (threshold 0.5) of ``model`` on a split, inference mode."""
+def evaluate(model, ds, split, batch_size, device, loss_fn=None, comm=None):
+    """Mean loss and per-attribute accuracy (threshold 0.5) of ``model`` on a split, inference mode.
+    With data-parallel ranks (``comm``), each rank evaluates its share of every batch and the sums
+    are added over the ranks (the same figures on every rank: rank 0's)."""
     xp = xp_for(device)
     loss_fn = loss_fn or BCEWithLogits()
     K = len(ds.attributes)
     total, loss_sum, correct = 0, xp.zeros((), dtype=xp.float64), xp.zeros(K, dtype=xp.int64)
-    for batch in ds.batches(split, batch_size, shuffle=False, device=device):
-        logits = model.forward(batch.x, train=False)
+    shard = (comm.rank, comm.size) if comm is not None and comm.size > 1 else None
+    for batch in ds.batches(split, batch_size, shuffle=False, device=device, shard=shard):
         n = len(batch.index)
+        if n == 0:
+            continue
+        logits = model.forward(batch.x, train=False)
         loss_sum += loss_fn.forward_array(logits, batch.y).astype(xp.float64) * n
         correct += ((logits > 0) == (batch.y > 0.5)).sum(axis=0)
         total += n
     model.clear_cache()
+    if shard is not None:
+        sums = comm.allreduce_host(np.concatenate([[float(loss_sum), total], to_cpu(correct)]).astype(np.float64))
+        sums = comm.broadcast(sums)
+        loss_sum, total, correct = sums[0], int(round(sums[1])), np.rint(sums[2:]).astype(np.int64)
     if total == 0:
         raise TrainingError(f"{ds.path}: the {split} split is empty")
     return float(loss_sum) / total, to_cpu(correct) / total
@@ -294,8 +304,9 @@ def plan_micro_batch(cfg, model, input_shape, budget_fraction=0.6):
 class Run:
     """One schedule's training run in ``run_dir``; ``Run.resume(run_dir)`` continues one exactly."""
 
-    def __init__(self, cfg, run_dir, ds, model=None):
+    def __init__(self, cfg, run_dir, ds, model=None, comm=None):
         self.cfg, self.dir, self.ds = cfg, Path(run_dir), ds
+        self.comm = comm if comm is not None else distributed.Communicator()
         self.xp = xp_for(cfg.device)
         if cfg.device == "gpu":
             from .kernels.common_gpu import set_tf32
@@ -324,6 +335,28 @@ class Run:
         self.micro_batch = plan_micro_batch(cfg, self.model, (3,) + tuple(ds.image_size))
         self.noise = GradientNoiseScale()          # B_simple, measured every cfg.noise_every steps
         self._small = None                         # this step's half-batch |G|^2, when measured
+        if self.comm.size > 1:
+            self._init_ranks()
+
+    def _init_ranks(self):
+        """Data-parallel set-up (tinyconv/distributed.py): equal start, one flat gradient buffer,
+        dropout masks per global sample, one micro-batch size for every rank."""
+        comm, cfg = self.comm, self.cfg
+        if cfg.batch_size < comm.size:
+            raise distributed.DistributedError(
+                f"--batch-size {cfg.batch_size} is smaller than the number of ranks ({comm.size}): every rank "
+                "needs at least one image of each batch")
+        comm.broadcast_parameters(self.model)
+        self.optimizer.flat_gradients()
+        self.dropout_shards = distributed.DropoutShards(self.model, (3,) + tuple(self.ds.image_size))
+        self.micro_batch = comm.broadcast(self.micro_batch)
+        if cfg.sync_bn and self.micro_batch and self.micro_batch < -(-cfg.max_batch_size // comm.size):
+            raise distributed.DistributedError(
+                f"--sync-bn needs each rank's share of a batch in one piece, but shares above {self.micro_batch} "
+                f"images would be split into micro-batches (batches up to {cfg.max_batch_size} over {comm.size} "
+                "ranks): use more ranks, a lower --max-batch-size, or drop --sync-bn")
+        from .layers.norm import BatchNorm2D
+        self._bn_layers = [layer for layer in self.model.layers if isinstance(layer, BatchNorm2D)]
 
     def _fresh_accum(self):
         return {"loss_sum": 0.0, "correct": [0] * len(self.ds.attributes), "seen": 0, "seconds": 0.0}
@@ -334,9 +367,11 @@ class Run:
         return self.dir / "checkpoints"
 
     def write_config(self):
+        if not self.comm.is_root:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(exist_ok=True)
-        info = {"config": self.cfg.to_json(), "model": self.model.config,
+        info = {"config": self.cfg.to_json(), "model": self.model.config, "ranks": self.comm.size,
                 "num_params": self.model.num_params(), "data": data_facts(self.ds),
                 "device": device_facts(self.cfg.device), "versions": versions(),
                 "command": " ".join(sys.argv), "cwd": os.getcwd(),
@@ -370,6 +405,9 @@ class Run:
         }
 
     def save(self, name):
+        """Rank 0 writes the checkpoint (the state is the same on every rank: see ``_gather``)."""
+        if not self.comm.is_root:
+            return
         path = self.ckpt_dir / f"{name}.h5"
         try:
             save_checkpoint(path, self.state(), meta=self.meta())
@@ -398,13 +436,13 @@ class Run:
         self.best_val_loss = math.inf if p["best_val_loss"] is None else float(p["best_val_loss"])
         self.best_epoch = p["best_epoch"]
         self.pending_change = p["pending_change"]
-        self.accum = p["accum"]
+        self.accum = p["accum"] if self.comm.is_root else self._fresh_accum()   # rank 0 holds the sums
         self.metrics = list(state["metrics"])
         self._log_size_at_save = p.get("log_bytes")
         self._rewrite_metric_files()
 
     @classmethod
-    def resume(cls, run_dir, ds_loader, epochs=None, progress=None, overrides=None):
+    def resume(cls, run_dir, ds_loader, epochs=None, progress=None, overrides=None, comm=None):
         """Rebuild a run from ``run_dir/config.json`` and continue from ``checkpoints/last.h5``.
 
         ``overrides``: settings that may change on resume without changing the run (``epochs``,
@@ -438,7 +476,7 @@ class Run:
         ds = ds_loader(cfg)
         check_same_data(info, ds, run_dir)
         try:
-            run = cls(cfg, run_dir, ds, model=build_model(state["meta"]["model"]))
+            run = cls(cfg, run_dir, ds, model=build_model(state["meta"]["model"]), comm=comm)
             run.load_state(state)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrainingError(f"{last}: does not fit the run in {run_dir} ({exc})") from None
@@ -451,7 +489,7 @@ class Run:
         (which wrote last first) is rebuilt from last.h5 when last.h5 is that epoch's state."""
         from .checkpoint import CheckpointError, read_checkpoint_meta
         best, last = self.ckpt_dir / "best.h5", self.ckpt_dir / "last.h5"
-        if self.best_epoch is None:
+        if self.best_epoch is None or not self.comm.is_root:
             return
         try:
             best_epoch = read_checkpoint_meta(best).get("epoch") if best.is_file() else None
@@ -471,6 +509,8 @@ class Run:
                      "last.h5 is past it: best.h5 cannot be repaired (it is the best checkpoint on disk)")
 
     def _rewrite_metric_files(self):
+        if not self.comm.is_root:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns)
@@ -481,6 +521,8 @@ class Run:
                 f.write(json.dumps(row) + "\n")
 
     def _append_metrics(self, row):
+        if not self.comm.is_root:
+            return
         new = not (self.dir / "metrics.csv").exists()
         with open(self.dir / "metrics.csv", "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns)
@@ -493,11 +535,13 @@ class Run:
     def _truncate_log(self, size):
         """Drop train.log lines written after the checkpoint being resumed (their epochs run again)."""
         path = self.dir / "train.log"
-        if size is not None and path.is_file() and path.stat().st_size > size:
+        if size is not None and self.comm.is_root and path.is_file() and path.stat().st_size > size:
             with open(path, "r+b") as f:
                 f.truncate(size)
 
     def log(self, text):
+        if not self.comm.is_root:
+            return
         with open(self.dir / "train.log", "a") as f:
             f.write(text + "\n")
         write_line(text)
@@ -506,7 +550,7 @@ class Run:
     def train(self):
         """Run the remaining epochs. Ctrl-C saves the exact position to last.h5 and re-raises.
         The caller holds the folder's lock (``run_experiment``); a killed write's temporary files go."""
-        for name in remove_leftovers(self.dir):
+        for name in (remove_leftovers(self.dir) if self.comm.is_root else ()):
             write_line(f"removed {name}, left by a write that was interrupted")
         if getattr(self, "resumed", False):
             self._truncate_log(self._log_size_at_save)
@@ -518,13 +562,17 @@ class Run:
             if self.micro_batch and self.micro_batch < max(self.cfg.max_batch_size, self.cfg.batch_size):
                 self.log(f"batches larger than {self.micro_batch} are split into micro-batches of {self.micro_batch} "
                          "(gradients summed; BatchNorm uses per-micro-batch statistics)")
+            if self.comm.size > 1:
+                self.log(f"data parallel: {self.comm.size} ranks ({self.comm.backend}), each a share of every "
+                         f"batch; BatchNorm {'synchronised over the ranks' if self.cfg.sync_bn else 'per rank (ghost batches)'}")
             if self.ds.synthetic:
                 self.log("NOTE: built-in synthetic faces, a stand-in for testing and teaching; "
                          "these are NOT CelebA results")
         else:
             self.log(f"resuming {self.dir} at epoch {self.epoch + 1}, batch {self.batch}")
             self._repair_best()
-        with StopRequest() as self.stop:
+        sync = self.cfg.sync_bn and self.comm.size > 1
+        with StopRequest() as self.stop, _synchronised_batchnorm(self.comm if sync else None):
             while self.epoch < self.cfg.epochs:
                 try:
                     self.stop.check()
@@ -532,19 +580,42 @@ class Run:
                 except KeyboardInterrupt:     # only ever raised at a step boundary (StopRequest)
                     self.log(f"interrupted at epoch {self.epoch + 1}, batch {self.batch}: saving the position to "
                              f"{self.ckpt_dir / 'last.h5'}; continue with --resume {self.dir}")
+                    self._gather()
                     self.save("last")
                     raise
                 self.end_epoch()
         return self.metrics
+
+    def _gather(self):
+        """Make the state every rank holds the global one before it is used or saved: the epoch's
+        running sums added over the ranks, and (ghost BatchNorm) the running statistics averaged.
+        The average at the epoch's end equals averaging after every step: a running statistic is a
+        linear function (an exponential moving average) of the batch statistics."""
+        if self.comm.size == 1:
+            return
+        acc, comm = self.accum, self.comm
+        sums = np.concatenate([[acc["loss_sum"], acc["seen"]], acc["correct"]]).astype(np.float64)
+        sums = comm.broadcast(comm.allreduce_host(sums))
+        acc["loss_sum"], acc["seen"] = float(sums[0]), int(round(sums[1]))
+        acc["correct"] = [int(round(c)) for c in sums[2:]]
+        if not self.cfg.sync_bn:
+            comm.average_buffers(self.model)
+        check = comm.broadcast(float(to_cpu(self.optimizer.flat.p).astype(np.float64).sum()))
+        if check != float(to_cpu(self.optimizer.flat.p).astype(np.float64).sum()):
+            raise distributed.DistributedError(
+                f"rank {comm.rank}: the model's weights differ from rank 0's: the ranks' allreduces gave "
+                "different sums (a faulty MPI or NCCL set-up)")
 
     def train_epoch(self):
         cfg, ds, xp = self.cfg, self.ds, self.xp
         bs = self.batch_size
         n_batches = ds.num_batches("train", bs)
         K = len(ds.attributes)
+        shard = (self.comm.rank, self.comm.size) if self.comm.size > 1 else None
         batches = ds.batches("train", bs, seed=cfg.seed, epoch=self.epoch, start_batch=self.batch,
-                             device=cfg.device, resident=cfg.resident)
-        bar = progress_bar(total=n_batches, initial=self.batch, disable=not cfg.progress,
+                             device=cfg.device, resident=cfg.resident, shard=shard)
+        self.comm.reset_counters()
+        bar = progress_bar(total=n_batches, initial=self.batch, disable=not cfg.progress or not self.comm.is_root,
                            desc=f"{cfg.schedule} epoch {self.epoch + 1}/{cfg.epochs}", unit="batch")
         acc = self.accum
         correct = xp.asarray(np.asarray(acc["correct"], dtype=np.int64))
@@ -560,7 +631,7 @@ class Run:
                     self._account(*previous, bar)
                 self.batch += 1
                 self.updates += 1
-                self.images_seen += n
+                self.images_seen += batch.total
                 acc["seen"] += n
                 self.stop.check()
             last = losses.pop()
@@ -573,6 +644,8 @@ class Run:
                 self._account(*last, None)
             acc["correct"] = [int(c) for c in to_cpu(correct)]
             acc["seconds"] += time.perf_counter() - t0
+            acc["comm_seconds"] = acc.get("comm_seconds", 0.0) + self.comm.seconds
+            acc["comm_bytes"] = acc.get("comm_bytes", 0) + self.comm.bytes
             self.wall_time += time.perf_counter() - t0
             bar.close()
             batches.close()
@@ -598,30 +671,77 @@ class Run:
             bar.update(1)
 
     def step(self, batch):
-        """One optimizer step on a batch (split into micro-batches if it is too large); returns the loss array."""
+        """One optimizer step on a batch (split into micro-batches if it is too large); returns the loss
+        array (the mean over this process's rows). With data-parallel ranks, ``batch`` is this rank's
+        share of a global batch of ``batch.total`` rows: its loss is weighted by its share of the rows,
+        and one allreduce adds the ranks' gradients (``_step_ranks``)."""
+        if self.comm.size > 1:
+            return self._step_ranks(batch)
         model, loss_fn, xp = self.model, self.loss_fn, self.xp
         B = len(batch.index)
         micro = self.micro_batch or B
         measure = self.cfg.noise_every and B >= 2 and self.updates % self.cfg.noise_every == 0
         if measure:
             self._measure_half_batch(batch)
-        if micro >= B:
+        loss = self._forward_backward(batch, B)
+        if measure:
+            self.noise.update(self._small[0], self._small[1], squared_grad_norm(model), B)
+        self.optimizer.step()
+        return loss
+
+    def _forward_backward(self, batch, B):
+        """The gradient of this process's rows, as their part of the mean loss over ``B`` rows, into
+        the layers' grads (micro-batches accumulating); returns the mean loss over the rows."""
+        model, loss_fn, xp = self.model, self.loss_fn, self.xp
+        b = len(batch.index)
+        micro = self.micro_batch or b
+        if micro >= b:
             logits = model.forward(batch.x)
             loss = loss_fn.forward_array(logits, batch.y)
-            model.backward(loss_fn.backward())
+            dz = loss_fn.backward()
+            model.backward(dz if b == B else dz * (b / B))
             self._batch_correct = ((logits > 0) == (batch.y > 0.5)).sum(axis=0)
         else:                        # the micro-batches' gradients add up in the layers' grads
             loss = xp.zeros((), dtype=xp.float32)
             self._batch_correct = 0
-            for s in range(0, B, micro):
+            for s in range(0, b, micro):
                 x, y = batch.x[s:s + micro], batch.y[s:s + micro]
-                share = len(x) / B
                 logits = model.forward(x)
-                loss = loss + loss_fn.forward_array(logits, y) * share
-                model.backward(loss_fn.backward() * share, accumulate=s > 0)
+                loss = loss + loss_fn.forward_array(logits, y) * (len(x) / b)
+                model.backward(loss_fn.backward() * (len(x) / B), accumulate=s > 0)
                 self._batch_correct = self._batch_correct + ((logits > 0) == (y > 0.5)).sum(axis=0)
+        return loss
+
+    def _step_ranks(self, batch):
+        """One data-parallel step: this rank's share forward and backward (none when the batch has
+        fewer rows than ranks and the share is empty), one allreduce of the flat gradient buffer, then
+        the same optimizer step on every rank. A small host allreduce beside it carries the control
+        values: whether any rank was asked to stop (so all stop after the same step) and, every
+        ``noise_every`` steps, the ranks' own |G|^2 for the gradient noise scale (each rank's share
+        is the small batch, the sum the big one: no extra pass)."""
+        comm, B, b = self.comm, batch.total, len(batch.index)
+        grads = self.optimizer.flat_gradients()
+        measure = self.cfg.noise_every and B >= 2 * comm.size and self.updates % self.cfg.noise_every == 0
+        self.dropout_shards.before(batch)
+        if b:
+            loss = self._forward_backward(batch, B)
+        else:
+            grads[...] = 0
+            loss, self._batch_correct = self.xp.zeros((), dtype=self.xp.float32), 0
+            if self.cfg.sync_bn:
+                from .ops.norm import sync_empty_rank
+                sync_empty_rank(self._bn_layers)
+        self.dropout_shards.after(batch)
+        control = np.zeros(2)
+        control[0] = float(self.stop.requested)
+        if measure:                  # |G_small|^2 of this rank's mean gradient, averaged over ranks
+            control[1] = squared_norm(grads) * (B / b) ** 2 / comm.size
+        comm.allreduce(grads)
+        comm.allreduce_host(control)
+        if control[0] > 0:
+            self.stop.requested = True
         if measure:
-            self.noise.update(self._small[0], self._small[1], squared_grad_norm(model), B)
+            self.noise.update(float(control[1]), B / comm.size, squared_norm(grads), B)
         self.optimizer.step()
         return loss
 
@@ -648,8 +768,9 @@ class Run:
     def end_epoch(self):
         cfg, acc = self.cfg, self.accum
         t0 = time.perf_counter()
+        self._gather()
         val_loss, val_acc = evaluate(self.model, self.ds, "validation", cfg.eval_batch_size, cfg.device,
-                                     self.loss_fn)
+                                     self.loss_fn, comm=self.comm)
         self.wall_time += time.perf_counter() - t0
         self.epoch += 1
         seen = max(acc["seen"], 1)
@@ -665,13 +786,18 @@ class Run:
                     "noise_scale": self.lr * n_train / self.batch_size,
                     "noise_scale_exact": sgd_noise_scale(self.lr, n_train, self.batch_size, self._momentum()),
                     "grad_noise_scale": self.noise.b_simple,
+                    "ranks": self.comm.size, "comm_time_s": acc.get("comm_seconds", 0.0),
+                    "comm_bytes": acc.get("comm_bytes", 0),
                     "change": self.pending_change})
         self.metrics.append(row)
         self._append_metrics(row)
         self.log(f"{cfg.schedule} epoch {self.epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
                  f"acc {row['train_acc_mean']:.4f} | val loss {val_loss:.4f} acc {row['val_acc_mean']:.4f} | "
                  f"batch {self.batch_size} lr {self.lr:.3g} | {self.updates} updates | "
-                 f"{row['images_per_s']:.0f} img/s | {self.wall_time:.0f} s")
+                 f"{row['images_per_s']:.0f} img/s | {self.wall_time:.0f} s" + (
+                     f" | {self.comm.size} ranks, allreduce {row['comm_time_s']:.1f} s "
+                     f"({row['comm_time_s'] / max(acc['seconds'], 1e-9):.0%}), {row['comm_bytes'] / 2**20:.0f} MiB sent"
+                     if self.comm.size > 1 else ""))
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, self.epoch
@@ -694,6 +820,29 @@ class Run:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def squared_norm(a):
+    """|a|^2 summed in float64 (NumPy or CuPy), as a Python float."""
+    return float((a.astype("float64") ** 2).sum())
+
+
+class _synchronised_batchnorm:
+    """While inside, training-mode BatchNorm allreduces its sums over ``comm``'s ranks
+    (tinyconv/ops/norm.py ``SYNC``); ``None``: per-process BatchNorm, as outside."""
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def __enter__(self):
+        from .ops import norm
+        self.before, norm.SYNC = norm.SYNC, self.comm
+        return self
+
+    def __exit__(self, *exc):
+        from .ops import norm
+        norm.SYNC = self.before
+        return False
+
 
 def squared_grad_norm(model):
     """|g|^2 over every parameter gradient of the model, summed in float64, as a Python float."""
@@ -746,7 +895,13 @@ def progress_bar(**kw):
     return tqdm(file=sys.stderr, dynamic_ncols=True, leave=False, **kw)
 
 
+# Data-parallel ranks other than 0 print nothing (train.py sets this; errors still go to stderr).
+QUIET = False
+
+
 def write_line(text):
+    if QUIET:
+        return
     from tqdm import tqdm
     tqdm.write(text, file=sys.stdout)
     sys.stdout.flush()
@@ -861,38 +1016,47 @@ def write_comparison(run_dirs, out_dir, ds, device="cpu"):
     return evaluate_runs(run_dirs, out=out_dir, device=device, datasets=(ds,), progress=False)["table"]
 
 
-def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None, seeds=None):
+def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None, seeds=None, comm=None):
     """Train each schedule from the same initial weights and data order into ``run_dir/<schedule>``
     (or ``run_dir`` itself for a single schedule without ``seeds``); with ``seeds``, every schedule for
     every seed into ``run_dir/seed<k>-<schedule>`` (the runs of one seed share their initial weights
     and data order). Returns the run folders trained. Holds the folders' locks (tinyconv/rundir.py)
     throughout. ``resume``: continue each run that has a last.h5 (``overrides`` as for
-    :meth:`Run.resume`). The kernels are warmed up first, so no run's wall time pays their compile."""
+    :meth:`Run.resume`). The kernels are warmed up first, so no run's wall time pays their compile.
+    ``comm``: data-parallel ranks (tinyconv/distributed.py): every rank trains, rank 0 alone takes
+    the locks and writes files (rank 0 opens the data first, so a built-in set is drawn once)."""
+    comm = comm if comm is not None else distributed.Communicator()
+    root = comm.is_root
     run_dir = Path(run_dir)
     plan = [(name, cfg.seed, run_name(name)) for name in schedules] if seeds is None else \
         [(name, seed, run_name(name, seed)) for seed in seeds for name in schedules]
     single = len(plan) == 1 and seeds is None
     dirs = [run_dir] if single else [run_dir / folder for _, _, folder in plan]
-    locks = lock_run(run_dir) if single else lock_run(run_dir, experiment=True)
+    locks = [] if not root else lock_run(run_dir) if single else lock_run(run_dir, experiment=True)
     try:
-        if not single:
+        if not single and root:
             locks += [lock for d in dirs for lock in lock_run(d, experiment=run_dir)]
             if not resume or not (run_dir / "experiment.json").is_file():
                 write_experiment_file(run_dir, schedules, seeds)
+        if not root:
+            comm.barrier()                   # rank 0 has the data ready
         ds = open_data(cfg)
+        if root:
+            comm.barrier()
         try:
             warm_up(cfg, ds)
             for (name, seed, _), d in zip(plan, dirs):
                 if resume and (d / "checkpoints" / "last.h5").is_file():
-                    run = Run.resume(d, lambda c: ds, overrides=overrides)
+                    run = Run.resume(d, lambda c: ds, overrides=overrides, comm=comm)
                 else:
                     c = TrainConfig.from_json({**cfg.to_json(), "schedule": name, "seed": seed})
-                    run = Run(c, d, ds)
+                    run = Run(c, d, ds, comm=comm)
                 run.train()
-            if not single:                   # every finished run of the experiment, not only these
+            if not single and root:          # every finished run of the experiment, not only these
                 done = [d for d in experiment_runs(run_dir).values() if (d / "checkpoints" / "best.h5").is_file()]
                 table = write_comparison(done, run_dir, ds, cfg.device)
                 write_line("\n" + table + f"\n\nwrote {run_dir / 'report.md'}, comparison.md/.csv and the plots")
+            comm.barrier()
         finally:
             ds.close()
     finally:

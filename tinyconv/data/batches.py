@@ -6,6 +6,10 @@ the first batches of that order, so resuming mid-epoch gives exactly the batches
 would have seen. Within a batch the rows come sorted (so HDF5 reads are forward runs);
 ``batch.index`` says which rows they are.
 
+Shards (data-parallel training, tinyconv/distributed.py): ``shard=(rank, size)`` gives each rank
+rows ``[lo, hi)`` of every batch's sorted rows (``distributed.share``), and the rank reads only
+those; the ranks' shares, in rank order, are the batch one process reads.
+
 Streaming (``resident=False``): one background thread reads each batch's sorted index runs from the
 file into a fresh uint8 (B, H, W, 3) array and puts it on a queue of at most ``prefetch`` batches, so
 memory holds at most ``prefetch + 2`` batches whatever the dataset size. The main thread converts:
@@ -38,10 +42,17 @@ from .errors import DataError
 @dataclass
 class Batch:
     """x: float32 (B, 3, H, W) in [0, 1] on the device; y: float32 (B, K) on the device;
-    index: int64 (B,) NumPy row numbers within the split."""
+    index: int64 (B,) NumPy row numbers within the split. With a shard (data-parallel ranks), these
+    are this rank's rows ``[offset, offset + B)`` of a global batch of ``total`` rows."""
     x: object
     y: object
     index: np.ndarray
+    total: int = None
+    offset: int = 0
+
+    def __post_init__(self):
+        if self.total is None:
+            self.total = len(self.index)
 
 
 def epoch_order(n, seed, epoch, shuffle=True):
@@ -176,7 +187,7 @@ class BatchIterator:
     """
 
     def __init__(self, dataset, split, batch_size, seed=0, epoch=0, shuffle=True, start_batch=0,
-                 device="cpu", resident=False, drop_last=False, prefetch=2):
+                 device="cpu", resident=False, drop_last=False, prefetch=2, shard=None):
         n = dataset.split_size(split)
         total = num_batches(n, batch_size, drop_last)
         if not 0 <= start_batch <= total:
@@ -189,6 +200,14 @@ class BatchIterator:
         # sorted rows of each remaining batch, computed up front: cheap (8 bytes per image)
         self._batches = [np.sort(order[k * batch_size:(k + 1) * batch_size])
                          for k in range(start_batch, total)]
+        self._totals = [len(rows) for rows in self._batches]
+        self._offsets = [0] * len(self._batches)
+        if shard is not None and shard[1] > 1:
+            from ..distributed import share
+            rank, size = shard
+            spans = [share(len(rows), size, rank) for rows in self._batches]
+            self._offsets = [lo for lo, _ in spans]
+            self._batches = [rows[lo:hi] for rows, (lo, hi) in zip(self._batches, spans)]
         self._labels = dataset.labels(split)
         self._path = dataset.path
         self._pos = 0
@@ -219,7 +238,7 @@ class BatchIterator:
         if self._pos >= len(self._batches):
             self.close()
             raise StopIteration
-        rows = self._batches[self._pos]
+        rows, total, offset = self._batches[self._pos], self._totals[self._pos], self._offsets[self._pos]
         if self._images is not None:
             xp = self.xp
             x_u8 = self._images[xp.asarray(rows)] if xp is not np else self._images[rows]
@@ -235,7 +254,7 @@ class BatchIterator:
         self._pos += 1
         x = to_model_input(x_u8, self.xp)
         y = self.xp.asarray(self._labels[rows], dtype=self.xp.float32)
-        return Batch(x, y, rows)
+        return Batch(x, y, rows, total, offset)
 
     def close(self):
         """Stop the prefetch thread and drop queued batches. Safe to call twice."""

@@ -106,11 +106,12 @@ class Dataset:
         return num_batches(self.split_size(split), batch_size, drop_last)
 
     def batches(self, split, batch_size=32, seed=0, epoch=0, shuffle=True, start_batch=0, device="cpu",
-                resident=False, drop_last=False, prefetch=2):
-        """A :class:`~tinyconv.data.batches.BatchIterator` of Batch(x (B, 3, H, W), y (B, K), index (B,))."""
+                resident=False, drop_last=False, prefetch=2, shard=None):
+        """A :class:`~tinyconv.data.batches.BatchIterator` of Batch(x (B, 3, H, W), y (B, K), index (B,));
+        ``shard=(rank, size)``: each batch's share of one data-parallel rank."""
         return BatchIterator(self, split, batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
                              start_batch=start_batch, device=device, resident=resident,
-                             drop_last=drop_last, prefetch=prefetch)
+                             drop_last=drop_last, prefetch=prefetch, shard=shard)
 
     def _resident_images(self, split, device):
         """The split's uint8 (n, H, W, 3) images, loaded once per (split, device) and kept."""

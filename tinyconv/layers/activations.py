@@ -41,6 +41,15 @@ class Dropout(Layer):
     def backward(self, dy, accumulate=False):
         return ops.dropout_backward(self.cache, dy)
 
+    def skip(self, samples, features):
+        """Advance the generator past the masks of ``samples`` rows of ``features`` values each, as
+        a training forward of those rows would (draws are sequential, so the masks of a batch drawn
+        in pieces are the masks drawn at once). Data-parallel ranks skip the other ranks' rows, so
+        every sample of a global batch gets the mask it gets in one process, whatever the number of
+        ranks (tinyconv/distributed.py)."""
+        if self.p > 0 and samples > 0:
+            self.rng.random((int(samples), int(features)))
+
     def saved_bytes(self, x_shape, dtype, device):
         return ops.dropout_saved_bytes(x_shape, self.p, np.dtype(dtype).itemsize)
 

@@ -124,8 +124,13 @@ def conv2d_saved_bytes(x_shape, w_shape, stride, pad, dtype, device):
 
 
 # -- batchnorm and the fused batchnorm -> relu (-> maxpool) ----------------------------------------
+def _norm_impl(op, train, *arrays):
+    """Synchronised BatchNorm (norm.SYNC set, training) runs the reference: it alone allreduces."""
+    return REFERENCE[op] if train and norm.SYNC is not None else implementation(op, *arrays)
+
+
 def batchnorm_forward(x, params, buffers, train, momentum, eps):
-    impl = implementation("batchnorm", x, *params.values(), *buffers.values())
+    impl = _norm_impl("batchnorm", train, x, *params.values(), *buffers.values())
     return impl.batchnorm_forward(x, params, buffers, train, momentum, eps)
 
 
@@ -138,7 +143,7 @@ def batchnorm_saved_bytes(x_shape, dtype, device):
 
 
 def bn_relu_forward(x, params, buffers, train, momentum, eps):
-    impl = implementation("bn_relu", x, *params.values(), *buffers.values())
+    impl = _norm_impl("bn_relu", train, x, *params.values(), *buffers.values())
     return impl.bn_relu_forward(x, params, buffers, train, momentum, eps)
 
 
@@ -151,7 +156,7 @@ def bn_relu_saved_bytes(x_shape, dtype, device):
 
 
 def bn_relu_maxpool_forward(x, params, buffers, train, momentum, eps, kernel, stride):
-    impl = implementation("bn_relu_maxpool", x, *params.values(), *buffers.values())
+    impl = _norm_impl("bn_relu_maxpool", train, x, *params.values(), *buffers.values())
     return impl.bn_relu_maxpool_forward(x, params, buffers, train, momentum, eps, kernel, stride)
 
 

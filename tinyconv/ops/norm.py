@@ -13,17 +13,68 @@ Backward in training mode, sums over N, H, W:
 The three terms: the direct path through xhat, the path through the mean, the path through the
 variance (derived in docs/walkthroughs/2-pool-batchnorm.md). In inference mode the statistics are
 constants and dx = gamma * inv_std * dy.
+
+Synchronised BatchNorm (data-parallel ranks with ``--sync-bn``, tinyconv/distributed.py): while
+:data:`SYNC` holds a communicator, training-mode statistics are those of the whole global batch.
+Each rank sums its shifted values d = x - running_mean (the shift every rank shares) and d^2 in
+float64 and one allreduce adds the ranks' sums and counts, so mean and var are the global batch's;
+the backward allreduces its two sums (dbeta, dgamma) for dx, while the parameter gradients stay
+the rank's own sums (the gradient allreduce adds them). R ranks then compute what one process
+computes on the whole batch, up to the order of the float64 sums. tinyconv.ops sends BatchNorm to
+this reference implementation while SYNC is set (the numba and CUDA kernels take no communicator).
 """
 from typing import NamedTuple
 
+import numpy as np
+
 from ..backend import get_array_module
 from .grads import store_grad
+
+
+# The communicator of synchronised BatchNorm (see the module docstring), or None.
+SYNC = None
 
 
 class BatchNormSaved(NamedTuple):
     xhat: object            # (N, C, H, W)
     inv_std: object         # (C,)
     train: bool             # batch statistics (True) or the running ones (False)
+    count: int = None       # M over every rank, when the statistics were synchronised
+
+
+def _allreduce(values):
+    """Sum a small float64 array over the ranks of SYNC, in place."""
+    if get_array_module(values) is not np:
+        SYNC._allreduce_device(values)
+    else:
+        SYNC.allreduce_host(values)
+    return values
+
+
+def synced_moments(x, shift, C):
+    """(mean, var, M) of the global batch, from this rank's ``x`` (None: no rows here) in float64."""
+    xp = get_array_module(shift)
+    packed = xp.zeros(2 * C + 1, dtype=xp.float64)
+    if x is not None:
+        d = x.astype(xp.float64) - shift[:, None, None]
+        packed[:C], packed[C:2 * C] = d.sum(axis=(0, 2, 3)), (d * d).sum(axis=(0, 2, 3))
+        packed[2 * C] = x.size // C
+    _allreduce(packed)
+    M = int(round(float(packed[2 * C])))
+    m1 = packed[:C] / max(M, 1)
+    return shift + m1, xp.maximum(packed[C:2 * C] / max(M, 1) - m1 * m1, 0.0), M
+
+
+def sync_empty_rank(layers):
+    """What a rank with no rows in a step does for synchronised BatchNorm: take part in every
+    allreduce the others make (forward in layer order, updating the running statistics like them;
+    backward in reverse order) with zero sums. ``layers``: the model's BatchNorm2D layers."""
+    for layer in layers:
+        rm = layer.buffers["running_mean"]
+        mean, var, M = synced_moments(None, rm.astype(get_array_module(rm).float64), layer.channels)
+        update_running_stats(layer.buffers, mean, var, M, layer.momentum)
+    for layer in reversed(layers):
+        _allreduce(get_array_module(layer.buffers["running_mean"]).zeros(2 * layer.channels, dtype="float64"))
 
 
 def update_running_stats(buffers, mean, var, M, momentum):
@@ -38,7 +89,11 @@ def update_running_stats(buffers, mean, var, M, momentum):
 def batchnorm_forward(x, params, buffers, train, momentum, eps):
     """y = gamma * xhat + beta -> (y, BatchNormSaved); updates the running statistics in training."""
     xp = get_array_module(x)
-    if train:
+    count = None
+    if train and SYNC is not None:
+        mean, var, count = synced_moments(x, buffers["running_mean"].astype(xp.float64), x.shape[1])
+        update_running_stats(buffers, mean, var, count, momentum)
+    elif train:
         mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
         update_running_stats(buffers, mean, var, x.size // x.shape[1], momentum)
     else:
@@ -46,12 +101,12 @@ def batchnorm_forward(x, params, buffers, train, momentum, eps):
     inv_std = 1 / xp.sqrt(var.astype(x.dtype) + x.dtype.type(eps))
     xhat = (x - mean.astype(x.dtype)[:, None, None]) * inv_std[:, None, None]
     y = params["gamma"][:, None, None] * xhat + params["beta"][:, None, None]
-    return y, BatchNormSaved(xhat, inv_std, train)
+    return y, BatchNormSaved(xhat, inv_std, train, count)
 
 
 def batchnorm_backward(saved, dy, params, grads, accumulate=False):
     """grads["gamma"], grads["beta"] from dy; returns dx."""
-    xhat, inv_std, train = saved
+    xhat, inv_std, train, count = saved
     dbeta = dy.sum(axis=(0, 2, 3))
     dgamma = (dy * xhat).sum(axis=(0, 2, 3))
     store_grad(grads, "beta", dbeta, accumulate)
@@ -60,6 +115,10 @@ def batchnorm_backward(saved, dy, params, grads, accumulate=False):
     if not train:                # statistics were constants: a per-channel affine map
         return dy * scale
     M = dy.size // dy.shape[1]
+    if count is not None:        # synchronised: the sums and the count of the whole global batch
+        C, xp = dy.shape[1], get_array_module(dy)
+        both = _allreduce(xp.concatenate([dbeta.astype(xp.float64), dgamma.astype(xp.float64)]))
+        dbeta, dgamma, M = both[:C].astype(dy.dtype), both[C:].astype(dy.dtype), count
     return (scale / M) * (M * dy - dbeta[:, None, None] - xhat * dgamma[:, None, None])
 
 
