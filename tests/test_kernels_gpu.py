@@ -180,6 +180,74 @@ def test_conv_emulated_skips_input_grad(emulated):
     assert run_layer(layer, x, 1)[1] is None and layer.grads["w"].shape == (4, 3, 3, 3)
 
 
+class PoisonedEmpty:
+    """NumPy playing CuPy, with ``empty`` filled with NaN: an output element left unwritten shows."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=np.float32):
+        return np.full(shape, np.nan, dtype=dtype)
+
+
+def test_conv_chunks_bound_the_gemm_output_too():
+    """A 1x1 conv with many outputs: the GEMM output (C_out, G*P), not the column matrix (K, G*P),
+    sets the chunk. 256 images of 109 x 89, 64 -> 4096 channels: by K alone all 256 images would
+    go in one chunk, a 4096 x 2.5M output (10 G floats)."""
+    g = conv_cuda.geometry((256, 64, 109, 89), (1, 1), (1, 1), (0, 0))
+    G = conv_cuda._images_per_chunk(g, 4096, True)
+    assert G == conv_cuda.CHUNK_ELEMENTS // (4096 * 109 * 89) == 6
+    g = g._replace(N=1024)                     # few outputs: K (+1 for the bias's ones row) decides
+    assert conv_cuda._images_per_chunk(g, 16, True) == conv_cuda.CHUNK_ELEMENTS // (65 * 109 * 89) == 425
+    assert conv_cuda._images_per_chunk(g, 16, False) == conv_cuda.CHUNK_ELEMENTS // (64 * 109 * 89) == 432
+    big = conv_cuda.geometry((4, 64, 2000, 3000), (3, 3), (1, 1), (1, 1))   # one image over budget
+    assert conv_cuda._images_per_chunk(big, 8, True) == 1
+    assert [n for _, n in conv_cuda._chunks(256, G)] == [6] * 42 + [4]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_emulated_many_outputs_over_chunks(emulated, plain_path, monkeypatch, bias):
+    """1x1 conv, 3 -> 40 channels, chunks of 2, 2 and 1 images (a last partial chunk after full
+    ones: backward's ones row must hold for it), every buffer within CHUNK_ELEMENTS."""
+    monkeypatch.setitem(sys.modules, "cupy", PoisonedEmpty())
+    P, C_out = 4 * 5, 40
+    monkeypatch.setattr(conv_cuda, "CHUNK_ELEMENTS", C_out * 2 * P)      # 2 images' GEMM output
+    chunks, launch = [], conv_cuda.launch_rows
+
+    def record(module, name, rows, row_len, *args):
+        if name in ("chunk_to_nchw", "nchw_to_chunk"):
+            chunks.append((name, int(args[-2])))                      # (.., n0, n, out)
+        launch(module, name, rows, row_len, *args)
+    monkeypatch.setattr(conv_cuda, "launch_rows", record)
+    x = np.random.default_rng(0).standard_normal((5, 3, 4, 5)).astype(np.float32)
+
+    def make():
+        layer = Conv2D(3, C_out, 1, bias=bias, rng=np.random.default_rng(2))
+        if bias:
+            layer.params["b"][...] = np.arange(C_out, dtype=np.float32) / 7
+        return layer
+    compare(make, x, plain_path)
+    assert chunks == [("chunk_to_nchw", n) for n in (2, 2, 1)] + [("nchw_to_chunk", n) for n in (2, 2, 1)]
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_conv_emulated_empty_batch(emulated, monkeypatch, accumulate):
+    """N = 0, called directly (the dispatch sends empty arrays to the reference): an empty y, and
+    backward writes zero gradients (with ``accumulate``, adds nothing), as the numba version does."""
+    monkeypatch.setitem(sys.modules, "cupy", PoisonedEmpty())
+    layer = Conv2D(3, 4, 3, padding=1, rng=np.random.default_rng(2))
+    x = np.zeros((0, 3, 5, 6), dtype=np.float32)
+    y, saved = conv_cuda.conv2d_forward(x, layer.params, True, (1, 1), (1, 1))
+    assert y.shape == (0, 4, 5, 6)
+    before = {"w": np.full((4, 3, 3, 3), 0.5, np.float32), "b": np.full(4, -2.0, np.float32)}
+    grads = {k: v.copy() for k, v in before.items()}
+    dx = conv_cuda.conv2d_backward(saved, y, layer.params, grads, True, accumulate)
+    assert dx.shape == x.shape
+    for k in before:
+        np.testing.assert_array_equal(grads[k], before[k] if accumulate else 0, err_msg=k)
+
+
 @pytest.mark.parametrize("shape,k,stride", [((2, 3, 9, 7), 2, None), ((2, 2, 8, 6), 2, None),
                                              ((1, 3, 9, 8), 3, 2), ((2, 2, 7, 9), (2, 3), (3, 2))])
 def test_maxpool_emulated_matches_plain(emulated, plain_path, shape, k, stride):
@@ -274,7 +342,7 @@ def test_training_steps_emulated_match_plain(emulated, plain_path):
     assert sum(isinstance(step, BNReLUMaxPool) for step in model.plan()) == 5
     got_loss, got_state, opt = train_steps(model, x, t)
     assert type(model.steps[1].saved).__module__ == "tinyconv.ops.fused_cuda"
-    assert opt.flat is not None and opt.flat.n == model.num_params()
+    assert opt.flat is not None and sum(v[0].size for v in opt.flat.views) == model.num_params()
     assert model.layers[0].params["w"].base is opt.flat.p              # params are views
     assert model.layers[0].grads["w"].base is opt.flat.g               # and so are the gradients
     plain_path()
@@ -349,6 +417,41 @@ def test_conv_gpu_chunks_match_plain(cupy_plain, monkeypatch):
     x = np.random.default_rng(0).standard_normal((7, 4, 13, 11)).astype(np.float32)
     _gpu_compare(lambda: Conv2D(4, 6, 3, padding=1, rng=np.random.default_rng(2)), x, cupy_plain,
                  tol=dict(rtol=1e-4, atol=1e-4))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_gpu_many_outputs_chunks_match_plain(cupy_plain, monkeypatch, bias):
+    """1x1 conv, 5 -> 300 channels: the GEMM output sets the chunk (3, 3, then 1 image), and the
+    bias gradient comes from the ones row over chunks of both sizes."""
+    monkeypatch.setattr(conv_cuda, "CHUNK_ELEMENTS", 300 * 3 * 13 * 11)
+    x = np.random.default_rng(0).standard_normal((7, 5, 13, 11)).astype(np.float32)
+
+    def make():
+        layer = Conv2D(5, 300, 1, bias=bias, rng=np.random.default_rng(2))
+        if bias:
+            layer.params["b"][...] = np.arange(300, dtype=np.float32) / 70
+        return layer
+    _gpu_compare(make, x, cupy_plain, tol=dict(rtol=1e-4, atol=1e-4))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_conv_gpu_empty_batch(accumulate):
+    """N = 0 through the CUDA op itself: an empty y, zero gradients (accumulate: unchanged)."""
+    import cupy
+    params = {"w": cupy.ones((4, 3, 3, 3), dtype=np.float32), "b": cupy.ones(4, dtype=np.float32)}
+    x = cupy.zeros((0, 3, 5, 6), dtype=np.float32)
+    y, saved = conv_cuda.conv2d_forward(x, params, True, (1, 1), (1, 1))
+    assert y.shape == (0, 4, 5, 6)
+    before = {"w": np.full((4, 3, 3, 3), 0.5, np.float32), "b": np.full(4, -2.0, np.float32)}
+    grads = {k: cupy.asarray(v) for k, v in before.items()}
+    dx = conv_cuda.conv2d_backward(saved, y, params, grads, True, accumulate)
+    assert dx.shape == x.shape
+    for k in before:
+        np.testing.assert_array_equal(to_cpu(grads[k]), before[k] if accumulate else 0, err_msg=k)
 
 
 @gpu

@@ -3,6 +3,7 @@ import numpy as np
 
 from tinyconv import Conv2D, Layer, Sequential, ops, seed_cnn
 from tinyconv.fusion import BNReLUMaxPool
+from tinyconv.ops.geometry import geometry
 from tinyconv.training import training_bytes_per_sample
 
 
@@ -44,3 +45,25 @@ def test_a_layer_of_ones_own_counts_what_it_says():
     b = Sequential([Conv2D(3, 4, 3, padding=1), Keeps()])
     extra = training_bytes_per_sample(b, (3, 8, 8)) - training_bytes_per_sample(a, (3, 8, 8))
     assert extra == 4 * 8 * 8 * 4 + 1000       # its output and what it keeps
+
+
+def test_the_cuda_conv_is_charged_no_column_matrix(monkeypatch):
+    """On the GPU with the CUDA kernels a conv keeps x by reference only (its chunk buffers live
+    inside one call), so the plan charges it 0 bytes of its own; with the kernels off the reference
+    runs and its whole-batch column matrix is charged."""
+    monkeypatch.setattr(Sequential, "device", property(lambda self: "gpu"))
+    model = seed_cnn(input_shape=(3, 54, 44))
+    convs, shape = [], (3, 54, 44)
+    for step in model.plan():
+        if isinstance(step, Conv2D):
+            convs.append((step, (1,) + shape))
+        shape = step.output_shape(shape)
+    assert len(convs) == 5
+    monkeypatch.setattr(ops, "CUDA", True)
+    assert [conv.saved_bytes(x_shape, np.float32, "gpu") for conv, x_shape in convs] == [0] * 5
+    with_kernels = training_bytes_per_sample(model, (3, 54, 44))
+    monkeypatch.setattr(ops, "CUDA", False)
+    for conv, x_shape in convs:
+        g = geometry(x_shape, conv.kernel_size, conv.stride, conv.padding)
+        assert conv.saved_bytes(x_shape, np.float32, "gpu") == g.K * g.P * 4
+    assert training_bytes_per_sample(model, (3, 54, 44)) > with_kernels

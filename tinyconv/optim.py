@@ -11,7 +11,9 @@ the optimizer takes that memory over, explicitly: :class:`FlatBuffers` moves the
 gradients, m and v into four flat buffers that the optimizer owns (``Adam.flat``) and puts views
 of them back in the dicts. Layers read and write the same memory as before, backward fills the
 flat gradient buffer in place and micro-batches accumulate into it (training.py), so nothing is
-copied; a gradient array that something else put in ``grads`` is copied in.
+copied; a gradient array that something else put in ``grads`` is copied in. Data-parallel
+training (tinyconv/distributed.py) asks any optimizer for the same thing with
+:meth:`Optimizer.flat_gradients`: one buffer holding every gradient, for one allreduce per step.
 """
 import numpy as np
 
@@ -24,6 +26,27 @@ class Optimizer:
         self.parameters = list(parameters)
         self.lr = lr
         self.t = 0
+        self.flat = None                # FlatBuffers, when the update wants them (CUDA) or keep_flat
+        self.keep_flat = False          # set by flat_gradients(): always keep the flat buffers
+
+    def flat_gradients(self):
+        """The one flat buffer that holds every parameter's gradient (views of it sit in the layers'
+        ``grads``, so a backward writes straight into it), for one allreduce per step
+        (tinyconv/distributed.py). From now on the optimizer keeps its state in flat buffers
+        (:class:`FlatBuffers`). Call it again after anything that replaces arrays (``load_state_dict``,
+        ``model.to``): it returns the current buffer."""
+        self.keep_flat = True
+        for params, grads in self.parameters:
+            for k, p in params.items():
+                if k not in grads:
+                    grads[k] = get_array_module(p).zeros_like(p)
+        return self._flat(list(self._pairs()))[1][0]
+
+    def _flat(self, pairs):
+        if self.flat is None or not self.flat.matches(self, pairs):
+            self.flat = FlatBuffers(self, pairs)
+        self.flat.gather_grads(self, pairs)
+        return [self.flat.p], [self.flat.g], list(self.flat.slot.values())
 
     def _slots(self):
         """Per-parameter state arrays, as {slot name: [dict per layer]}."""
@@ -71,9 +94,15 @@ class Optimizer:
         return {}
 
 
+ALIGN = 64      # elements: each parameter's view in a flat buffer starts at a multiple of this
+
+
 class FlatBuffers:
-    """The parameters, gradients, m and v of an optimizer in four flat buffers it owns (``p``, ``g``,
-    ``m``, ``v``, ``n`` values each), the dicts holding views into them. Checked by identity at each
+    """The parameters, gradients and per-parameter state (Adam's m and v, SGD's momentum buffer) of
+    an optimizer in flat buffers it owns (``p``, ``g``, and ``slot[name]``), the dicts holding views
+    into them. Each view starts at a multiple of :data:`ALIGN` elements (256 bytes in float32), so
+    odd channel counts (``--width``) leave no parameter misaligned for vector loads; the gaps are
+    zeros and stay zeros (a zero gradient moves neither Adam nor SGD). Checked by identity at each
     step: when anything replaced an array (``model.to``, ``astype``, the optimizer's
     ``load_state_dict``), the buffers are rebuilt from the current arrays."""
 
@@ -81,23 +110,35 @@ class FlatBuffers:
         first = pairs[0][0]
         self.keys = [(i, k) for _, _, i, k in pairs]
         sizes = [int(p.size) for p, _, _, _ in pairs]
-        self.n = sum(sizes)
+        self.offsets = []
+        off = 0
+        for size in sizes:
+            self.offsets.append(off)
+            off += -(-size // ALIGN) * ALIGN
+        self.n = off
         xp = get_array_module(first)
-        self.p, self.g, self.m, self.v = (xp.empty(self.n, dtype=first.dtype) for _ in range(4))
-        self.views, off = [], 0
-        for (p, g, i, k), size in zip(pairs, sizes):
+        slots = opt._slots()
+        self.p, self.g = xp.zeros(self.n, dtype=first.dtype), xp.zeros(self.n, dtype=first.dtype)
+        self.slot = {name: xp.zeros(self.n, dtype=first.dtype) for name in slots}
+        self.views = []
+        for (p, g, i, k), size, off in zip(pairs, sizes, self.offsets):
             params, grads = opt.parameters[i]
-            views = tuple(buf[off:off + size].reshape(p.shape) for buf in (self.p, self.g, self.m, self.v))
-            for view, a in zip(views, (p, g, opt.m[i][k], opt.v[i][k])):
+            bufs = (self.p, self.g) + tuple(self.slot.values())
+            views = tuple(buf[off:off + size].reshape(p.shape) for buf in bufs)
+            for view, a in zip(views, (p, g) + tuple(slots[name][i][k] for name in slots)):
                 view[...] = a
-            params[k], grads[k], opt.m[i][k], opt.v[i][k] = views
+            params[k], grads[k] = views[:2]
+            for name, view in zip(slots, views[2:]):
+                slots[name][i][k] = view
             self.views.append(views)
-            off += size
 
     def matches(self, opt, pairs):
         if [(i, k) for _, _, i, k in pairs] != self.keys:
             return False
-        return all(p is views[0] and opt.m[i][k] is views[2] and opt.v[i][k] is views[3]
+        slots = opt._slots()
+        if list(slots) != list(self.slot):
+            return False
+        return all(p is views[0] and all(slots[name][i][k] is view for name, view in zip(slots, views[2:]))
                    for (p, _, i, k), views in zip(pairs, self.views))
 
     def gather_grads(self, opt, pairs):
@@ -133,7 +174,6 @@ class Adam(Optimizer):
             raise ValueError(f"unknown eps_placement {eps_placement!r}: expected kingma-ba or keras")
         self.beta1, self.beta2, self.eps, self.eps_placement = beta1, beta2, eps, eps_placement
         self.m, self.v = self._zeros(), self._zeros()
-        self.flat = None                # FlatBuffers, when the update wants them (CUDA)
 
     def _slots(self):
         return {"m": self.m, "v": self.v}
@@ -155,16 +195,12 @@ class Adam(Optimizer):
         pairs = list(self._pairs())                                   # (p, g, layer index, key)
         p, g = [a[0] for a in pairs], [a[1] for a in pairs]
         m, v = [self.m[i][k] for *_, i, k in pairs], [self.v[i][k] for *_, i, k in pairs]
-        if pairs and ops.adam_wants_flat(*p, *g, *m, *v):             # the CUDA Adam: one launch
-            p, g, m, v = self._flat(pairs)
+        if pairs and (self.keep_flat or ops.adam_wants_flat(*p, *g, *m, *v)):   # CUDA Adam: one launch
+            p, g, (m, v) = self._flat(pairs)
+            m, v = [m], [v]
         eps = self.eps if self.eps_placement == "kingma-ba" else self.eps / (1 - self.beta2 ** self.t) ** 0.5
         ops.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, eps, self.t)
 
-    def _flat(self, pairs):
-        if self.flat is None or not self.flat.matches(self, pairs):
-            self.flat = FlatBuffers(self, pairs)
-        self.flat.gather_grads(self, pairs)
-        return [self.flat.p], [self.flat.g], [self.flat.m], [self.flat.v]
 
 
 class SGD(Optimizer):
@@ -183,6 +219,8 @@ class SGD(Optimizer):
 
     def step(self):
         self.t += 1
+        if self.keep_flat:
+            self._flat(list(self._pairs()))          # gather a gradient someone put in grads
         for p, g, i, k in self._pairs():
             if self.momentum:
                 buf = self.buf[i][k]

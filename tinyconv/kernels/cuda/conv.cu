@@ -3,6 +3,10 @@
 // The batch is processed in chunks of g images (n0 .. n0+g-1), exactly as on the CPU path:
 //   cols    (K, g*P)      K = C*kh*kw rows, one column per (image, output pixel), P = out_h*out_w
 //   ychunk  (C_out, g*P)  = w2 @ cols, one cuBLAS GEMM (cupy.matmul), then chunk_to_nchw
+// In backward, cols are the K rows under a row of ones that conv_cuda.py fills (db comes out of the
+// dw GEMM); these kernels never see that row. Offsets that grow with the chunk (k*g*P,
+// (n0 + nn)*C*H*W, ...) are 64-bit; only per-image sizes (P, H*W) and the indexes within them are
+// int, so no chunk size overflows them.
 // Row index    k   = (c*kh + i)*kw + j          (input channel c, kernel offset i, j)
 // Column index col = nn*P + p*out_w + q         (image n = n0 + nn, output pixel p, q)
 //   cols[k, col] = x[n, c, p*sh - ph + i, q*sw - pw + j]     (0 outside the image: the padding)
