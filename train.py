@@ -88,6 +88,9 @@ def parser():
                    help="change at these epochs (e.g. 3,6) instead of on a plateau")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer,
                    help="Adam (eps 1e-7, Keras' value) or SGD with momentum")
+    p.add_argument("--adam-eps-placement", choices=("kingma-ba", "keras"), default=d.adam_eps_placement,
+                   help="Adam's eps on sqrt(v_hat) as Kingma & Ba's Algorithm 1, or on sqrt(v) before bias "
+                        "correction as Keras (the study): effectively eps / sqrt(1 - 0.999^t), 31.6x at step 1")
     p.add_argument("--momentum", type=number(0, 1, hi_open=True), default=d.momentum, help="for --optimizer sgd")
     p.add_argument("--init", default=d.init, help="conv initialiser: he_normal, he_uniform, glorot_uniform, ...")
     p.add_argument("--width", type=number(0, MAX_WIDTH, lo_open=True), default=d.width,
@@ -148,7 +151,7 @@ def config_from_args(args, schedule):
         pos_weight=args.pos_weight, seed=args.seed, max_micro_batch=args.max_micro_batch,
         eval_batch_size=args.eval_batch_size, resident=args.resident,
         synthetic_count=args.synthetic_count, tf32=args.tf32, progress=not args.no_progress,
-        noise_every=args.noise_every, sync_bn=args.sync_bn)
+        noise_every=args.noise_every, sync_bn=args.sync_bn, adam_eps_placement=args.adam_eps_placement)
 
 
 def resume_plan(args, given):

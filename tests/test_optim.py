@@ -61,7 +61,8 @@ def test_adam_updates_in_place_and_lr_is_settable():
     assert array[0] == pytest.approx(1 - 0.01, rel=1e-6)
 
 
-@pytest.mark.parametrize("cls,kw", [(Adam, {}), (SGD, {"lr": 0.1, "momentum": 0.9})])
+@pytest.mark.parametrize("cls,kw", [(Adam, {}), (Adam, {"eps_placement": "keras"}),
+                                    (SGD, {"lr": 0.1, "momentum": 0.9})])
 def test_state_round_trip_continues_identically(cls, kw):
     rng = np.random.default_rng(0)
     grads_seq = [rng.standard_normal(4) for _ in range(6)]
@@ -104,3 +105,112 @@ def test_adam_matches_torch():
         tw.grad = torch.tensor(g)
         topt.step()
     np.testing.assert_allclose(params["w"], tw.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+# --- eps where Keras puts it -------------------------------------------------------------------
+
+def keras_adam(w0, grads, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Keras' Adam.update_step (keras/src/optimizers/adam.py, amsgrad off), written out in float64:
+    eps on sqrt(v), before bias correction, which goes into the step size alpha instead."""
+    w, m, v = w0.astype(np.float64), np.zeros(w0.shape), np.zeros(w0.shape)
+    for iterations, g in enumerate(grads):
+        local_step = iterations + 1
+        beta_1_power, beta_2_power = beta_1 ** local_step, beta_2 ** local_step
+        alpha = lr * np.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        m += (g - m) * (1 - beta_1)
+        v += (np.square(g) - v) * (1 - beta_2)
+        w -= (m * alpha) / (np.sqrt(v) + epsilon)
+    return w, m, v
+
+
+def eps_problem(dtype, steps=50):
+    """w (8, 10) and 50 random gradients whose columns have sizes 1e-9 ... 1: the first columns are
+    at eps (1e-7) or below it, where the placement matters, the last far above it, where it does not.
+    Rounded to ``dtype`` before anyone sees them, so the reference and Adam start from the same values."""
+    rng = np.random.default_rng(21)
+    size = 10.0 ** np.linspace(-9, 0, 10)
+    w0 = rng.standard_normal((8, 10)).astype(dtype)
+    grads = [(rng.standard_normal((8, 10)) * size).astype(dtype) for _ in range(steps)]
+    return w0, grads, size
+
+
+def run_adam(xp, w0, grads, lr, **kw):
+    params, grads_d = {"w": xp.array(w0)}, {}                      # a copy: w0 is the caller's
+    opt = Adam([(params, grads_d)], lr=lr, **kw)
+    for g in grads:
+        grads_d["w"] = xp.asarray(g)
+        opt.step()
+    return opt, to_cpu(params["w"])
+
+
+def test_adam_keras_placement_matches_a_transcription_of_keras_in_float64(xp):
+    w0, grads, size = eps_problem(np.float64)
+    want, m_want, v_want = keras_adam(w0, grads, lr=1e-2)
+    opt, w = run_adam(xp, w0, grads, lr=1e-2, eps_placement="keras")
+    # The same arithmetic in another order: 50 updates of |w| < 4, each rounded once (half an ulp,
+    # 4.4e-16), bound the difference by 2.2e-14; 1e-13 leaves room for the order of the operations
+    # in a step (its rounding is relative to the step, < lr). The placements differ by up to 4e-2 here.
+    assert np.abs(want).max() < 4
+    np.testing.assert_allclose(w, want, rtol=0, atol=1e-13)
+    # m and v as Keras keeps them (m += (g - m)(1 - b1) rounds differently from b1*m + (1-b1)*g),
+    # each column in units of its gradient size
+    np.testing.assert_allclose(to_cpu(opt.m[0]["w"]) / size, m_want / size, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(to_cpu(opt.v[0]["w"]) / size ** 2, v_want / size ** 2, rtol=0, atol=1e-14)
+
+
+def test_adam_keras_placement_in_float32_through_the_default_op(xp):
+    """float32, run by whichever implementation the op picks (numba on CPU, CUDA on a GPU)."""
+    w0, grads, _ = eps_problem(np.float32)
+    want, _, _ = keras_adam(w0, [g.astype(np.float64) for g in grads], lr=1e-2)
+    _, w = run_adam(xp, w0, grads, lr=1e-2, eps_placement="keras")
+    assert w.dtype == np.float32
+    # 50 float32 updates of |w| < 4, each rounded (half an ulp, 2.4e-7), bound it by 1.2e-5; the step's
+    # own float32 error (~1e-7 of a step < lr) adds ~5e-8 over the run. The placements differ by up to 4e-2.
+    assert np.abs(want).max() < 4
+    np.testing.assert_allclose(w, want, rtol=0, atol=1.2e-5)
+
+
+def test_the_two_placements_differ_where_the_gradient_is_near_eps():
+    w0, grads, size = eps_problem(np.float64)
+    keras, _, _ = keras_adam(w0, grads, lr=1e-2)
+    _, textbook = run_adam(np, w0, grads, lr=1e-2)                       # the default: Kingma & Ba
+    _, named = run_adam(np, w0, grads, lr=1e-2, eps_placement="kingma-ba")
+    np.testing.assert_array_equal(textbook, named)
+    gap = np.abs(textbook - keras).max(axis=0)                           # per column (gradient size)
+    # |g| <= 1e-6: Keras' eps (31.6x at t = 1, ~5x by t = 50) takes a large part of each step
+    assert np.all(gap[size <= 1e-6] > 1e-3), gap
+    # |g| >= 1e-2: a step differs by lr * m_hat * (eps_keras - eps) / (sqrt(v_hat)^2 + ...), below
+    # lr * 31.6 eps / |g|; over 50 steps the placements agree to 50 * lr * 31.6e-7 / |g|
+    far = size >= 1e-2
+    assert np.all(gap[far] < 50 * 1e-2 * 31.6e-7 / size[far]), gap
+
+
+def test_eps_placement_is_checked_and_recorded_and_old_states_mean_kingma_ba():
+    pairs, params, grads = scalar_problem(np)
+    with pytest.raises(ValueError, match="eps_placement 'Keras'"):
+        Adam(pairs, eps_placement="Keras")
+    keras = Adam(pairs, eps_placement="keras")
+    assert keras.hyper()["eps_placement"] == "keras" and Adam(pairs).hyper()["eps_placement"] == "kingma-ba"
+    grads["w"] = np.array([0.5])
+    keras.step()
+    old = Adam(pairs).state_dict()
+    del old["hyper"]["eps_placement"]                     # a checkpoint written before the option
+    Adam(pairs).load_state_dict(old)
+    with pytest.raises(ValueError, match="saved with eps_placement 'kingma-ba', this Adam uses 'keras'"):
+        Adam(pairs, eps_placement="keras").load_state_dict(old)
+    with pytest.raises(ValueError, match="saved with eps_placement 'keras', this Adam uses 'kingma-ba'"):
+        Adam(pairs).load_state_dict(keras.state_dict())
+
+
+def test_eps_placement_survives_a_checkpoint_file(tmp_path):
+    from tinyconv.checkpoint import load_checkpoint, save_checkpoint
+    pairs, _, grads = scalar_problem(np)
+    grads["w"] = np.array([0.5])
+    opt = Adam(pairs, eps_placement="keras")
+    opt.step()
+    save_checkpoint(tmp_path / "c.h5", {"optimizer": opt.state_dict()})
+    state = load_checkpoint(tmp_path / "c.h5")["optimizer"]
+    assert state["hyper"]["eps_placement"] == "keras"
+    again = Adam(pairs, eps_placement="keras")
+    again.load_state_dict(state)
+    assert again.t == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyconv.checkpoint import load_checkpoint, read_checkpoint_meta
+from tinyconv.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from tinyconv.rundir import FolderLock, RunDirError, claim_new, unique_dir
 from tinyconv.training import Run, TrainConfig, TrainingError, open_data
 
@@ -157,6 +157,40 @@ def test_resume_refuses_every_option_that_changes_the_run_listing_each(cache, tm
     assert train_cli.main(["--resume", str(run), "--lr", "0.001", "--batch-size", "16", "--epochs", "2",
                            "--no-progress", "--eval-batch-size", "32"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_adam_eps_placement_reaches_the_optimizer_and_cannot_change_on_resume(cache, tmp_path, capsys):
+    run = tmp_path / "keras"
+    assert train(cache, "--schedule", "constant", "--run-dir", str(run), "--adam-eps-placement", "keras", epochs=1) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["adam_eps_placement"] == "keras"
+    assert load_checkpoint(run / "checkpoints" / "last.h5")["optimizer"]["hyper"]["eps_placement"] == "keras"
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(run), "--adam-eps-placement", "kingma-ba"]) == 2
+    err = capsys.readouterr().err
+    assert "--adam-eps-placement: saved 'keras' -> given 'kingma-ba'" in err, err
+    assert train_cli.main(["--resume", str(run), "--adam-eps-placement", "keras", "--epochs", "2",
+                           "--no-progress"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+    # A run from before the option: no placement in config.json nor in the checkpoints. It was Kingma & Ba's.
+    old = tmp_path / "old"
+    assert train(cache, "--schedule", "constant", "--run-dir", str(old), epochs=1) == 0
+    info = json.loads((old / "config.json").read_text())
+    del info["config"]["adam_eps_placement"]
+    (old / "config.json").write_text(json.dumps(info))
+    for name in ("last", "best"):
+        path = old / "checkpoints" / f"{name}.h5"
+        state = load_checkpoint(path)
+        del state["optimizer"]["hyper"]["eps_placement"]
+        save_checkpoint(path, state, meta=read_checkpoint_meta(path))
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(old), "--adam-eps-placement", "keras"]) == 2
+    assert "--adam-eps-placement: saved 'kingma-ba' -> given 'keras'" in capsys.readouterr().err
+    assert train_cli.main(["--resume", str(old), "--adam-eps-placement", "kingma-ba", "--epochs", "2",
+                           "--no-progress"]) == 0
+    assert load_checkpoint(old / "checkpoints" / "last.h5")["optimizer"]["hyper"]["eps_placement"] == "kingma-ba"
+    with pytest.raises(ValueError, match="unknown adam_eps_placement 'Keras': expected kingma-ba or keras"):
+        TrainConfig(adam_eps_placement="Keras")
 
 
 def test_resume_checks_the_data_fingerprint_and_finds_moved_data_from_another_folder(cache, tmp_path, capsys):

@@ -150,23 +150,45 @@ class FlatBuffers:
 
 
 class Adam(Optimizer):
-    """Adam in the textbook form:
+    """Adam in the textbook form (Kingma & Ba's Algorithm 1), eps on the bias-corrected sqrt(v_hat):
         m = b1*m + (1-b1)*g      v = b2*v + (1-b2)*g^2
         m_hat = m / (1 - b1^t)   v_hat = v / (1 - b2^t)
         p -= lr * m_hat / (sqrt(v_hat) + eps)
-    ``eps`` defaults to 1e-7, Keras' value, as in the study being reproduced (PyTorch uses 1e-8).
-    """
+    ``eps`` defaults to 1e-7, Keras' value (PyTorch uses 1e-8), but by default not Keras' placement.
 
-    def __init__(self, parameters, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7):
+    ``eps_placement="keras"`` puts eps where Keras does (keras/src/optimizers/adam.py, and
+    tensorflow/python/keras/optimizer_v2/adam.py before it: the paper's "epsilon hat", on sqrt(v)
+    before bias correction), to reproduce the study's optimizer exactly:
+        alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)
+        p -= alpha * m / (sqrt(v) + eps)
+    With sqrt(v) = sqrt(1 - b2^t) * sqrt(v_hat) that is the textbook update with eps replaced by
+    eps / sqrt(1 - b2^t) (31.6 eps at t = 1, 1.26 eps at t = 1000, eps as b2^t -> 0), which is how
+    it runs here: the same op, given that eps at each step. Where sqrt(v_hat) >> eps the two
+    placements agree; they differ for gradients near eps or below it.
+    """
+    EPS_PLACEMENTS = ("kingma-ba", "keras")
+
+    def __init__(self, parameters, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, eps_placement="kingma-ba"):
         super().__init__(parameters, lr)
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        if eps_placement not in self.EPS_PLACEMENTS:
+            raise ValueError(f"unknown eps_placement {eps_placement!r}: expected kingma-ba or keras")
+        self.beta1, self.beta2, self.eps, self.eps_placement = beta1, beta2, eps, eps_placement
         self.m, self.v = self._zeros(), self._zeros()
 
     def _slots(self):
         return {"m": self.m, "v": self.v}
 
     def hyper(self):
-        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "eps_placement": self.eps_placement}
+
+    def load_state_dict(self, state):
+        # Checkpoints from before the option hold no placement: theirs was Kingma & Ba's.
+        hyper = state.get("hyper", {})
+        saved = hyper.get("eps_placement", "kingma-ba") if isinstance(hyper, dict) else None
+        if saved != self.eps_placement:
+            raise ValueError(f"optimizer state was saved with eps_placement {saved!r}, this Adam uses "
+                             f"{self.eps_placement!r}")
+        super().load_state_dict(state)
 
     def step(self):
         self.t += 1
@@ -176,7 +198,8 @@ class Adam(Optimizer):
         if pairs and (self.keep_flat or ops.adam_wants_flat(*p, *g, *m, *v)):   # CUDA Adam: one launch
             p, g, (m, v) = self._flat(pairs)
             m, v = [m], [v]
-        ops.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.t)
+        eps = self.eps if self.eps_placement == "kingma-ba" else self.eps / (1 - self.beta2 ** self.t) ** 0.5
+        ops.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, eps, self.t)
 
 
 

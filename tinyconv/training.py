@@ -89,7 +89,8 @@ class TrainConfig:
     milestones: tuple = ()                     # change at these epochs instead of on a plateau
     optimizer: str = "adam"                    # adam | sgd
     momentum: float = 0.9                      # for sgd
-    adam_eps: float = 1e-7                     # Keras' value (the study's), on sqrt(v_hat) as Kingma & Ba
+    adam_eps: float = 1e-7                     # Keras' value (the study's), added where adam_eps_placement says
+    adam_eps_placement: str = "kingma-ba"      # kingma-ba: to sqrt(v_hat) | keras: to sqrt(v), Keras' (the study's)
     init: str = "he_normal"
     width: float = 1.0
     dropout: float = 0.3
@@ -114,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}: expected adam or sgd")
+        if self.adam_eps_placement not in Adam.EPS_PLACEMENTS:
+            raise ValueError(f"unknown adam_eps_placement {self.adam_eps_placement!r}: expected kingma-ba or keras")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"unknown device {self.device!r}: expected cpu or gpu")
         for name, lo in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_batch_size", 1),
@@ -171,7 +174,7 @@ def metric_columns(attributes):
 
 def build_optimizer(cfg, model):
     if cfg.optimizer == "adam":
-        return Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        return Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, eps_placement=cfg.adam_eps_placement)
     return SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
 
 
@@ -1091,6 +1094,7 @@ def read_config(run_dir):
     try:
         info = json.loads(path.read_text())
         TrainConfig.from_json(info["config"])
+        info["config"].setdefault("adam_eps_placement", "kingma-ba")    # runs from before the option
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: not a readable run configuration ({exc})") from None
     return info
