@@ -683,7 +683,7 @@ class Run:
         model, loss_fn, xp = self.model, self.loss_fn, self.xp
         B = len(batch.index)
         micro = self.micro_batch or B
-        measure = self.cfg.noise_every and B >= 2 and self.updates % self.cfg.noise_every == 0
+        measure = self._measure_now(B)
         if measure:
             self._measure_half_batch(batch)
         loss = self._forward_backward(batch, B)
@@ -691,6 +691,14 @@ class Run:
             self.noise.update(self._small[0], self._small[1], squared_grad_norm(model), B)
         self.optimizer.step()
         return loss
+
+    def _measure_now(self, B):
+        """Measure the gradient noise scale in this step: every ``noise_every`` steps, on full batches
+        only. An epoch's last, short batch (as few as 2 images) would give one very noisy estimate the
+        same weight in the moving averages as a full one; it is left out. With ranks, each rank's share
+        (the small batch) must hold at least one image."""
+        return bool(self.cfg.noise_every and B == self.batch_size and B >= 2 * self.comm.size
+                    and self.updates % self.cfg.noise_every == 0)
 
     def _forward_backward(self, batch, B):
         """The gradient of this process's rows, as their part of the mean loss over ``B`` rows, into
@@ -724,7 +732,7 @@ class Run:
         is the small batch, the sum the big one: no extra pass)."""
         comm, B, b = self.comm, batch.total, len(batch.index)
         grads = self.optimizer.flat_gradients()
-        measure = self.cfg.noise_every and B >= 2 * comm.size and self.updates % self.cfg.noise_every == 0
+        measure = self._measure_now(B)
         self.dropout_shards.before(batch)
         if b:
             loss = self._forward_backward(batch, B)
