@@ -252,7 +252,7 @@ def main(argv=None):
         say = print if comm.is_root else (lambda *a, **k: None)
         say(f"train.py: {'resume ' if args.resume else ''}{', '.join(schedules)} on "
             f"{cfg.data or 'the built-in synthetic faces (NOT CelebA)'}, {cfg.image_size[0]}x{cfg.image_size[1]}, "
-            f"{cfg.device}{f', {comm.size} ranks ({comm.backend})' if comm.size > 1 else ''}; writing {run_dir}")
+            f"{cfg.device}{f', {comm.size} rank(s) ({comm.backend})' if comm.parallel else ''}; writing {run_dir}")
         for note in notes:
             say(f"train.py: note: {note}")
         t0 = time.perf_counter()

@@ -3,7 +3,8 @@
 # benchmark against PyTorch. It fails loudly: no CuPy or no CUDA device stops it at once (exit 2), and a
 # `gpu` test that fails, errors or SKIPS fails it (a skip on a GPU machine means something is missing).
 # Each part after the preflight runs even if an earlier one failed; logs go to $OUT (the device tool's
-# folder) if set. The time caps add up to 6.5 minutes, inside one 10-minute call.
+# folder) if set. The time caps add up to 6.5 minutes, inside one 10-minute call. Run it with carry
+# [".gpu-wheels"] after scripts/fetch_gpu_wheels.sh, so the NCCL test has mpi4py there.
 #   bash scripts/gpu_check.sh           STEPS=10 BATCHES="64 256 1024" TF32=1 PYTHON=python3 to change it
 set -u
 cd "$(dirname "$0")/.."
@@ -51,6 +52,12 @@ try:
     import torch; print('torch', torch.__version__, torch.cuda.is_available())
 except ImportError: print('torch: not installed')\""
 cat "$LOG/env.log"
+
+# The NCCL tests need mpi4py: from .gpu-wheels/ (scripts/fetch_gpu_wheels.sh, carried along) if missing.
+if ! "$PY" -c "import mpi4py" 2>/dev/null && [ -d .gpu-wheels ]; then
+    "$PY" -m pip install -q --no-index --find-links .gpu-wheels mpi4py mpich > "$LOG/mpi-install.log" 2>&1 \
+        || echo "note: mpi4py did not install from .gpu-wheels (see $LOG/mpi-install.log); the NCCL test will skip"
+fi
 
 # Every test marked gpu (-m, not -k: -k gpu also picks the CPU emulation tests, which CI runs anyway).
 part tests 150 "$PY" -m pytest -q -rfEs -m gpu tests/ --junitxml="$LOG/gpu-tests.xml"

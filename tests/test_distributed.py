@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tinyconv import distributed
+from tinyconv.backend import gpu_available
 from tinyconv.checkpoint import load_checkpoint
 from tinyconv.data.batches import Batch
 from tinyconv.layers import BatchNorm2D
@@ -331,3 +332,27 @@ def test_a_run_resumes_with_another_number_of_ranks_and_a_failing_rank_stops_all
     assert r.returncode != 0
     assert "error on rank 1" in r.stderr and "disk on fire" in r.stderr
     assert not list((tmp_path / "crashed" / "checkpoints").glob("*.h5"))
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("gpu", marks=[pytest.mark.gpu,
+                                      pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")])])
+def test_one_rank_through_mpi_is_the_plain_run_bit_for_bit(cache, tmp_path, device):
+    """A program that imports mpi4py.MPI itself gets the MPI communicator even for one rank, so one
+    machine runs the whole data-parallel path (the allreduce of the flat gradients, over NCCL on a
+    GPU; the control allreduce; batches of one share; the half-batch noise measurement): one rank's
+    sum is the gradient itself, so the weights are the plain run's, bit for bit."""
+    if MPIEXEC is None:
+        pytest.skip(WHY)
+    common = cli(cache, "--device", device, "--batch-size", "32", "--epochs", "2")
+    assert in_process(common + ["--run-dir", "plain"], tmp_path) == 0
+    script = ("from mpi4py import MPI\nimport runpy, sys\n"
+              f"sys.argv = [{str(ROOT / 'train.py')!r}] + sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    (tmp_path / "nccl.py").write_text(script)
+    r = subprocess.run([sys.executable, str(tmp_path / "nccl.py"), *common, "--run-dir", "nccl"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"1 rank(s) ({'mpi+nccl' if device == 'gpu' else 'mpi'})" in r.stdout
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "nccl")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -67,6 +67,7 @@ class Communicator:
     ``reset_counters`` starts a new count (per epoch in training.py)."""
     rank, size, local_rank, local_size = 0, 1, 0, 1
     backend = "none"
+    parallel = False        # True for MPI: the training loop takes its data-parallel path (even at R = 1)
 
     def __init__(self):
         self.reset_counters()
@@ -131,6 +132,7 @@ def _reduce_arrays(comm, arrays, xp, average=False):
 class MPICommunicator(Communicator):
     """R ranks over MPI (mpi4py's COMM_WORLD); GPU arrays over NCCL when ``device == "gpu"``."""
     backend = "mpi"
+    parallel = True
 
     def __init__(self, device="cpu"):
         super().__init__()
@@ -251,8 +253,9 @@ _COMM = None
 
 def init(device="cpu"):
     """The communicator of this process (made once): :class:`MPICommunicator` when a launcher
-    started several ranks (or mpi4py is already initialised), else the one-process
-    :class:`Communicator`. ``device="gpu"`` puts each rank on its own GPU (its rank on the node) and
+    started several ranks, or when the program imported ``mpi4py.MPI`` itself (then even one rank
+    goes through MPI and NCCL: how a one-GPU machine tests that path), else the one-process
+    :class:`Communicator` (so ``mpiexec -n 1`` is the plain run, bit for bit, by construction). ``device="gpu"`` puts each rank on its own GPU (its rank on the node) and
     sets up NCCL. Raises DistributedError, saying what to install, when a launcher started several
     ranks and mpi4py is missing."""
     global _COMM

@@ -338,7 +338,7 @@ class Run:
         self.micro_batch = plan_micro_batch(cfg, self.model, (3,) + tuple(ds.image_size))
         self.noise = GradientNoiseScale()          # B_simple, measured every cfg.noise_every steps
         self._small = None                         # this step's half-batch |G|^2, when measured
-        if self.comm.size > 1:
+        if self.comm.parallel:
             self._init_ranks()
 
     def _init_ranks(self):
@@ -678,7 +678,7 @@ class Run:
         array (the mean over this process's rows). With data-parallel ranks, ``batch`` is this rank's
         share of a global batch of ``batch.total`` rows: its loss is weighted by its share of the rows,
         and one allreduce adds the ranks' gradients (``_step_ranks``)."""
-        if self.comm.size > 1:
+        if self.comm.parallel:
             return self._step_ranks(batch)
         model, loss_fn, xp = self.model, self.loss_fn, self.xp
         B = len(batch.index)
@@ -733,6 +733,8 @@ class Run:
         comm, B, b = self.comm, batch.total, len(batch.index)
         grads = self.optimizer.flat_gradients()
         measure = self._measure_now(B)
+        if measure and comm.size == 1:           # one rank (through MPI): the half-batch measurement
+            self._measure_half_batch(batch)
         self.dropout_shards.before(batch)
         if b:
             loss = self._forward_backward(batch, B)
@@ -745,14 +747,15 @@ class Run:
         self.dropout_shards.after(batch)
         control = np.zeros(2)
         control[0] = float(self.stop.requested)
-        if measure:                  # |G_small|^2 of this rank's mean gradient, averaged over ranks
+        if measure and comm.size > 1:   # |G_small|^2 of this rank's mean gradient, averaged over ranks
             control[1] = squared_norm(grads) * (B / b) ** 2 / comm.size
         comm.allreduce(grads)
         comm.allreduce_host(control)
         if control[0] > 0:
             self.stop.requested = True
         if measure:
-            self.noise.update(float(control[1]), B / comm.size, squared_norm(grads), B)
+            small = (float(control[1]), B / comm.size) if comm.size > 1 else self._small
+            self.noise.update(*small, squared_norm(grads), B)
         self.optimizer.step()
         return loss
 
