@@ -261,8 +261,12 @@ def main(argv=None):
                        comm=comm)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, training._second_signal)
-        print(f"\ntrain.py: interrupted; the position is saved. Continue with: python train.py --resume {run_dir}",
-              file=sys.stderr)
+        if comm.is_root:
+            launcher = f"mpiexec -n {comm.size} " if comm.size > 1 else ""
+            print(f"\ntrain.py: interrupted; the position is saved. Continue with: {launcher}python train.py "
+                  f"--resume {run_dir} (with any number of ranks)" if comm.size > 1 else
+                  f"\ntrain.py: interrupted; the position is saved. Continue with: python train.py --resume {run_dir}",
+                  file=sys.stderr)
         return 130
     except _QuietError:
         return 1
