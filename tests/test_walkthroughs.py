@@ -14,9 +14,8 @@ WALKTHROUGHS = sorted(DOCS.glob("[0-9]*.md"))
 LINK = re.compile(r"\]\((?!https?:|#|mailto:)([^)\s#]+)(?:#[^)]*)?\)")
 
 
-# Walkthrough 8 (measuring the gradient noise scale) is planned and may be missing for now.
 EXPECTED_NUMBERS = {1, 2, 3, 4, 5, 6, 7, 8, 9}
-MAY_BE_MISSING = {8}
+MAY_BE_MISSING = set()
 # A link to lines of a source file: [`name`](path#L10-L25) or [`name`](path#L10).
 LINE_LINK = re.compile(r"\[`([A-Za-z_][\w.]*)(?:\(\))?`\]\(((?!https?:)[^)\s#]+)#L(\d+)(?:-L(\d+))?\)")
 
