@@ -238,9 +238,9 @@ def cli(cache, *extra):
             "--width", "0.5", "--eval-batch-size", "64", "--schedule", "constant", *extra]
 
 
-def mpirun(ranks, args, cwd, timeout=300, python=("train.py",)):
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, *(str(ROOT / python[0]) if i == 0 else a
-                                                            for i, a in enumerate(python)), *args]
+def mpirun(ranks, args, cwd, timeout=300, script="train.py"):
+    """``script`` (relative to the checkout, or absolute) under mpiexec -n ranks."""
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, str(ROOT / script), *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -292,6 +292,12 @@ def test_two_ranks_with_sync_bn_give_the_one_process_weights(cache, tmp_path):
     for key in ("updates", "images_seen", "train_loss", "val_loss", "val_acc_mean"):   # the global figures
         assert rows[-1][key] == pytest.approx(alone[-1][key], rel=1e-5), key
     assert "2 ranks" in (tmp_path / "two" / "train.log").read_text()
+    from tinyconv.report import evaluate_runs                           # the report shows ranks and allreduce
+    table = evaluate_runs([tmp_path / "two"], out=tmp_path / "report", device="cpu", progress=False)["table"]
+    assert "| ranks (data-parallel processes) | 2 |" in table
+    assert "| gradient allreduce time (all epochs) |" in table and "allreduce share of the training time" in table
+    alone = evaluate_runs([tmp_path / "one"], out=tmp_path / "report1", device="cpu", progress=False)["table"]
+    assert "ranks" not in alone                                         # one-process reports are as before
     assert not (tmp_path / "two" / "checkpoints" / "last.h5.tmp").exists()
 
 
@@ -356,3 +362,14 @@ def test_one_rank_through_mpi_is_the_plain_run_bit_for_bit(cache, tmp_path, devi
     assert f"1 rank(s) ({'mpi+nccl' if device == 'gpu' else 'mpi'})" in r.stdout
     a, b = weights(tmp_path / "plain"), weights(tmp_path / "nccl")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@needs_mpi
+def test_the_docs_own_training_loop_runs_on_two_ranks(tmp_path):
+    """docs/distributed.md's example loop, as written, under mpiexec -n 2."""
+    text = (ROOT / "docs" / "distributed.md").read_text()
+    code = text.split("<!-- distributed-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "loop.py").write_text(code)
+    r = mpirun(2, [], tmp_path, script=tmp_path / "loop.py")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("2 ranks, 3 steps")

@@ -10,8 +10,9 @@ from .stats import independent, paired_differences
 SPLIT_NAMES = {"train": "train", "validation": "validation", "test": "test"}
 
 
-def table_rows(attributes, thresholds_mode):
-    """[(key, label, format)] of the comparison table, top to bottom."""
+def table_rows(attributes, thresholds_mode, parallel=False):
+    """[(key, label, format)] of the comparison table, top to bottom; ``parallel``: with the rows of
+    data-parallel runs (ranks, allreduce time and its share of the training time)."""
     rows = [(f"{s}_acc_mean", f"{s} accuracy (mean of attributes)", "pct") for s in SPLIT_NAMES]
     rows += [(f"test_acc_{a}", f"test accuracy {a}", "pct") for a in attributes]
     rows += [(f"test_f1_{a}", f"test F1 {a}", "f1") for a in attributes]
@@ -23,6 +24,10 @@ def table_rows(attributes, thresholds_mode):
              ("wall_time_to_best_s", "wall time to best epoch", "seconds"),
              ("final_batch_size", "final batch size", "int"),
              ("final_lr", "final learning rate", "lr")]
+    if parallel:
+        rows += [("ranks", "ranks (data-parallel processes)", "int"),
+                 ("comm_time_s", "gradient allreduce time (all epochs)", "seconds"),
+                 ("comm_share", "allreduce share of the training time", "pct")]
     if thresholds_mode == "validation":
         rows += [(f"threshold_{a}", f"threshold {a} (from validation)", "f1") for a in attributes]
     return rows
@@ -45,9 +50,17 @@ def run_values(result):
     v.update({"best_epoch": r.best_epoch, "updates_to_best": best["updates"],
               "wall_time_to_best_s": best["wall_time_s"], "final_batch_size": last["batch_size"],
               "final_lr": last["lr"]})
+    comm = sum(row.get("comm_time_s") or 0.0 for row in r.metrics)
+    train = sum(row.get("epoch_time_s") or 0.0 for row in r.metrics)
+    v.update({"ranks": max(row.get("ranks") or 1 for row in r.metrics), "comm_time_s": comm, "comm_share": comm / train if train else 0.0})
     for a, t in zip(attrs, result["thresholds"]):
         v[f"threshold_{a}"] = float(t)
     return v
+
+
+def any_parallel(results):
+    """Whether any run trained on several ranks (tinyconv/distributed.py)."""
+    return any((row.get("ranks") or 1) > 1 for res in results for row in res["run"].metrics)
 
 
 def baseline_values(baseline, attributes):
@@ -95,7 +108,7 @@ def comparison_markdown(results, baseline, attributes, thresholds_mode):
     lines = ["| | " + " | ".join(heads) + " | majority class (from train labels) |",
              "|---" + "|---:" * (len(heads) + 1) + "|"]
     base = baseline_values(baseline, attributes)
-    for key, label, kind in table_rows(attributes, thresholds_mode):
+    for key, label, kind in table_rows(attributes, thresholds_mode, any_parallel(results)):
         cells = []
         for g in grouped.values():
             vals = np.array([run_values(res)[key] for res in g], dtype=np.float64)
@@ -147,7 +160,7 @@ def write_comparison_csv(path, results, baseline, attributes, thresholds_mode, n
         header += [f"{s} mean", f"{s} std"]
     header.append("majority baseline")
     base = baseline_values(baseline, attributes)
-    keys = [k for k, _, _ in table_rows(attributes, thresholds_mode)]
+    keys = [k for k, _, _ in table_rows(attributes, thresholds_mode, any_parallel(results))]
     extra = ["train_loss", "validation_loss"] + [f"{s}_acc_{a}" for s in ("train", "validation") for a in attributes]
     keys = keys[:3] + extra + keys[3:]
     with open(path, "w", newline="") as f:
