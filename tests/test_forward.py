@@ -147,3 +147,16 @@ def test_bce_pos_weight_hand_computed():
     loss = BCEWithLogits(pos_weight=[3.0])
     # t = 1: -3 * log sigmoid(0) = 3 log 2 ; t = 0: -log(1 - sigmoid(0)) = log 2
     assert loss.forward(np.zeros((2, 1)), np.array([[1.0], [0.0]])) == pytest.approx(2 * np.log(2))
+
+
+def test_a_conv_layer_takes_an_empty_batch_and_its_gradients_are_zero():
+    """N = 0 (an empty share of a batch): the layer's forward and backward run (empty arrays go to the
+    reference op), and dw, db are written as zeros, not left as they were."""
+    from tinyconv.layers import Conv2D
+    layer = Conv2D(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    layer.grads["w"] = np.ones_like(layer.params["w"])
+    layer.grads["b"] = np.ones_like(layer.params["b"])
+    y = layer.forward(np.zeros((0, 3, 5, 5), np.float32))
+    dx = layer.backward(np.zeros_like(y))
+    assert y.shape == (0, 4, 5, 5) and dx.shape == (0, 3, 5, 5)
+    assert not layer.grads["w"].any() and not layer.grads["b"].any()

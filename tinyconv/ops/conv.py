@@ -74,7 +74,7 @@ def conv2d_backward(saved, dy, params, grads, input_grad=True, accumulate=False)
     cols, x_shape, stride, pad = saved
     w = params["w"]
     C_out, _, kh, kw = w.shape
-    dy2 = dy.reshape(dy.shape[0], C_out, -1)           # (N, C_out, P)
+    dy2 = dy.reshape(dy.shape[0], C_out, dy.shape[2] * dy.shape[3])   # (N, C_out, P); N may be 0
     # dw[o, k] = sum_n sum_p dy[n, o, p] * cols[n, k, p]
     store_grad(grads, "w", xp.matmul(dy2, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape), accumulate)
     if "b" in params:
