@@ -67,3 +67,44 @@ def test_the_cuda_conv_is_charged_no_column_matrix(monkeypatch):
         g = geometry(x_shape, conv.kernel_size, conv.stride, conv.padding)
         assert conv.saved_bytes(x_shape, np.float32, "gpu") == g.K * g.P * 4
     assert training_bytes_per_sample(model, (3, 54, 44)) > with_kernels
+
+
+def _plan(monkeypatch, free, device="cpu", **cfg):
+    """plan_micro_batch with ``free`` bytes available (the estimate, not the measurement, decides)."""
+    import tinyconv.training as training
+    monkeypatch.setattr(training, "available_bytes", lambda device: free)
+    monkeypatch.setattr(training, "measured_bytes_per_sample", lambda model, shape: None)
+    model = seed_cnn(input_shape=(3, 54, 44))
+    per = training_bytes_per_sample(model, (3, 54, 44))
+    c = training.TrainConfig(**{"batch_size": 32, "max_batch_size": 1024, "progress": False, **cfg})
+    return per, lambda **kw: training.plan_micro_batch(c, model, (3, 54, 44), **kw)
+
+
+def test_the_plan_covers_the_batches_every_growing_schedule_reaches_and_each_ranks_share(monkeypatch):
+    per = per_sample_cpu()
+    for schedule in ("batch-increase", "noise-adaptive"):          # both grow to max_batch_size
+        per, plan = _plan(monkeypatch, free=int(300 * per / 0.6) + 1, schedule=schedule)
+        assert plan() == 256                                       # 1024 images do not fit, 300 do
+        assert plan(ranks=4) is None                               # a quarter of 1024 fits
+    per, plan = _plan(monkeypatch, free=int(300 * per / 0.6) + 1, schedule="constant")
+    assert plan() is None                                          # constant stays at 32
+
+
+def test_the_plan_keeps_the_largest_ops_workspace_free(monkeypatch):
+    from tinyconv.ops import conv_cuda
+    monkeypatch.setattr(ops, "CUDA", True)
+    assert ops.workspace_bytes("gpu", np.float32) == 2 * conv_cuda.CHUNK_ELEMENTS * 4   # 2 GiB
+    assert ops.workspace_bytes("cpu", np.float32) == 0
+    monkeypatch.setattr(ops, "CUDA", False)
+    assert ops.workspace_bytes("gpu", np.float32) == 0                                 # the reference
+    per, plan = _plan(monkeypatch, free=int((1024 * per_sample_cpu() + 2 * conv_cuda.CHUNK_ELEMENTS * 4) / 0.6),
+                      schedule="batch-increase")
+    assert plan() is None
+    monkeypatch.setattr(ops, "workspace_bytes", lambda device, dtype: 2 * conv_cuda.CHUNK_ELEMENTS * 4)
+    per, plan = _plan(monkeypatch, free=int((1024 * per + conv_cuda.CHUNK_ELEMENTS * 4) / 0.6),
+                      schedule="batch-increase")
+    assert plan() == 512                                           # fits without the workspace, not with it
+
+
+def per_sample_cpu():
+    return training_bytes_per_sample(seed_cnn(input_shape=(3, 54, 44)), (3, 54, 44))

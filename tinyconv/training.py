@@ -279,15 +279,18 @@ def measured_bytes_per_sample(model, input_shape, n=4):
     return int(peak / n) + 1
 
 
-def plan_micro_batch(cfg, model, input_shape, budget_fraction=0.6):
+def plan_micro_batch(cfg, model, input_shape, budget_fraction=0.6, ranks=1):
     """The micro-batch size to use (None: no split needed). If the user gave --max-micro-batch, that;
-    else the largest power of two whose step fits in ``budget_fraction`` of the free memory, when the
-    largest batch the schedule can reach would not fit. The need per sample is measured on the CPU
-    and estimated (conservatively) on the GPU."""
+    else the largest power of two whose step fits in ``budget_fraction`` of the free memory, less the
+    largest op's own workspace (``ops.workspace_bytes``), when the largest batch the schedule can
+    reach would not fit (of which one of ``ranks`` data-parallel ranks holds its share). The need per
+    sample is measured on the CPU and estimated (conservatively) on the GPU."""
+    from . import ops
     if cfg.max_micro_batch is not None:
         return cfg.max_micro_batch
-    largest_batch = cfg.max_batch_size if cfg.schedule == "batch-increase" else cfg.batch_size
-    budget = available_bytes(cfg.device) * budget_fraction
+    grows = cfg.schedule in ("batch-increase", "noise-adaptive")
+    largest_batch = -(-(cfg.max_batch_size if grows else cfg.batch_size) // ranks)
+    budget = available_bytes(cfg.device) * budget_fraction - ops.workspace_bytes(cfg.device, model.dtype)
     per_sample = training_bytes_per_sample(model, input_shape, np.dtype(model.dtype).itemsize)
     if largest_batch * per_sample <= budget:      # fits even by the conservative estimate
         return None
@@ -335,7 +338,7 @@ class Run:
         self.pending_change = ""                 # reason text, logged in the next row
         self.accum = self._fresh_accum()         # the current epoch's running sums
         self.stop = StopRequest()
-        self.micro_batch = plan_micro_batch(cfg, self.model, (3,) + tuple(ds.image_size))
+        self.micro_batch = plan_micro_batch(cfg, self.model, (3,) + tuple(ds.image_size), ranks=self.comm.size)
         self.noise = GradientNoiseScale()          # B_simple, measured every cfg.noise_every steps
         self._small = None                         # this step's half-batch |G|^2, when measured
         if self.comm.parallel:
@@ -353,10 +356,11 @@ class Run:
         self.optimizer.flat_gradients()
         self.dropout_shards = distributed.DropoutShards(self.model, (3,) + tuple(self.ds.image_size))
         self.micro_batch = comm.broadcast(self.micro_batch)
-        if cfg.sync_bn and self.micro_batch and self.micro_batch < -(-cfg.max_batch_size // comm.size):
+        largest = cfg.max_batch_size if cfg.schedule in ("batch-increase", "noise-adaptive") else cfg.batch_size
+        if cfg.sync_bn and self.micro_batch and self.micro_batch < -(-largest // comm.size):
             raise distributed.DistributedError(
                 f"--sync-bn needs each rank's share of a batch in one piece, but shares above {self.micro_batch} "
-                f"images would be split into micro-batches (batches up to {cfg.max_batch_size} over {comm.size} "
+                f"images would be split into micro-batches (batches up to {largest} over {comm.size} "
                 "ranks): use more ranks, a lower --max-batch-size, or drop --sync-bn")
         from .layers.norm import BatchNorm2D
         self._bn_layers = [layer for layer in self.model.layers if isinstance(layer, BatchNorm2D)]

@@ -123,6 +123,15 @@ def conv2d_saved_bytes(x_shape, w_shape, stride, pad, dtype, device):
     return impl.conv2d_saved_bytes(x_shape, w_shape, stride, pad, np.dtype(dtype).itemsize)
 
 
+def workspace_bytes(device, dtype):
+    """The most memory any one op call on ``device`` allocates for itself and frees before it returns
+    (beyond its output and saved state): the CUDA convolution's per-chunk buffers, at most
+    ``conv_cuda.CHUNK_ELEMENTS`` values each for the columns and the GEMM's output. The memory plan
+    keeps this much free."""
+    impl = implementation_for("conv2d", device, dtype)
+    return getattr(impl, "workspace_bytes", lambda itemsize: 0)(np.dtype(dtype).itemsize)
+
+
 # -- batchnorm and the fused batchnorm -> relu (-> maxpool) ----------------------------------------
 def _norm_impl(op, train, *arrays):
     """Synchronised BatchNorm (norm.SYNC set, training) runs the reference: it alone allreduces."""

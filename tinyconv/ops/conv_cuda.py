@@ -116,6 +116,12 @@ def conv2d_backward(saved, dy, params, grads, input_grad=True, accumulate=False)
     return dx
 
 
+def workspace_bytes(itemsize):
+    """The per-call buffers' bound: the columns (with the ones row) and the GEMM output of one chunk,
+    each at most CHUNK_ELEMENTS values (_images_per_chunk keeps both under it)."""
+    return 2 * CHUNK_ELEMENTS * itemsize
+
+
 def conv2d_saved_bytes(x_shape, w_shape, stride, pad, itemsize):
     """x by reference: nothing of its own (a chunk's columns live only inside one call)."""
     return 0
