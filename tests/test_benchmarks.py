@@ -47,3 +47,24 @@ def test_the_gpu_checks_report_reader_fails_on_skips_failures_and_nothing_run(tm
     done = subprocess.run([sys.executable, str(root / "scripts" / "junit_ok.py"), str(xml)], capture_output=True,
                           text=True, timeout=60)
     assert (done.returncode == 0) == ok, done.stdout
+
+
+def test_the_scaling_model_is_the_ring_allreduce_arithmetic():
+    """benchmarks/scaling.py: epoch time = N/B (c0 + c1 B/R + alpha + 2 (R-1)/R 4 P / beta); the link fit
+    takes alpha from the smallest message and beta from the largest."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import scaling
+    rows = [{"bytes": 4096, "seconds": 1e-5}, {"bytes": 16 << 20, "seconds": 1e-5 + (16 << 20) / 2e9}]
+    alpha, beta = scaling.fit_link(rows, 2)
+    assert alpha == 1e-5 and abs(beta - 2e9) / 2e9 < 1e-9
+    table = scaling.model_table(1e-3, 2e-4, 3e-5, 1e10, workers=(8,))
+    line = next(l for l in table.splitlines() if l.startswith("| 8 | batch-increase | 256 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    steps = 162_770 / 256
+    compute = steps * (1e-3 + 2e-4 * 256 / 8)
+    comm = steps * (3e-5 + 2 * 7 / 8 * 4 * 463_875 / 1e10)
+    assert cells[3] == "32" and cells[4] == f"{steps:,.0f}"
+    assert float(cells[5]) == round(compute, 2 if compute < 10 else 1)
+    assert float(cells[6]) == round(comm, 2 if comm < 10 else 1)
+    assert cells[8] == f"{comm / (compute + comm):.0%}"
