@@ -286,3 +286,26 @@ def test_cli_errors_are_one_line(exp, tmp_path, capsys):
     meta = {**state["meta"], "attributes": ["Eyeglasses", "Male", "Young"]}
     save_checkpoint(other / "checkpoints" / "best.h5", {**state, "meta": meta}, meta=meta)
     assert "different attribute lists" in error([exp / "constant", other])
+
+
+def test_the_noise_scale_rows_and_figure(exp, tmp_path):
+    """The table gives B_simple's first and last measured values (– when a run never measured one);
+    noise_scale.png draws each schedule's measured B_simple against its batch sizes."""
+    from tinyconv.report import plots
+    from tinyconv.report.runs import read_run
+    table = (exp / "comparison.md").read_text()
+    for label in ("gradient noise scale B_simple, first epoch it was measured",
+                  "gradient noise scale B_simple, last epoch"):
+        assert len(md_row(table, label)) == len(SCHEDULES) + 1
+    runs = [read_run(exp / s) for s in SCHEDULES]
+    for i, r in enumerate(runs):                   # measured values, as a longer run would log them
+        for k, row in enumerate(r.metrics):
+            row["grad_noise_scale"] = 40.0 * (i + 1) * (k + 1)
+    plots.plot_noise_scale(runs, tmp_path / "noise_scale.png")
+    assert_png(tmp_path / "noise_scale.png")
+    from tinyconv.report.tables import run_values
+    values = run_values({"run": runs[1], "attributes": ATTRS,
+                         "splits": {"test": {"acc": [0.5] * 3, "loss": 0.5}},
+                         "report": {a: {"f1-score": 0.5} for a in ATTRS + ["macro avg"]},
+                         "shares": [0, 0, 0, 0.5], "thresholds": []})
+    assert values["b_simple_first"] == 80.0 and values["b_simple_last"] == 80.0 * len(runs[1].metrics)

@@ -101,6 +101,10 @@ def report_text(ctx):
               f"![accuracy and loss against updates]({_rel(fig['curves_updates'], out)})", "",
               f"![accuracy and loss against wall time]({_rel(fig['curves_wall_time'], out)})", "",
               f"![batch size and learning rate per epoch]({_rel(fig['schedule'], out)})", ""]
+    if "noise_scale" in fig:
+        lines += ["The measured gradient noise scale B_simple (McCandlish et al. 2018; docs/noise-scale.md) "
+                  "against the batch size each schedule trained with: below B_simple a larger batch still buys "
+                  "fewer steps.", "", f"![B_simple and batch size per epoch]({_rel(fig['noise_scale'], out)})", ""]
     K = len(ctx["attributes"])
     for res in ctx["results"]:
         r, p = res["run"], res["paths"]

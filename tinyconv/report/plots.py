@@ -2,7 +2,8 @@
 so the caller's backend and global state are left alone).
 
 curves: validation (solid) and training (dashed) accuracy and loss of every run, against epoch,
-parameter updates or wall time; schedule: each run's batch size and learning rate per epoch.
+parameter updates or wall time; schedule: each run's batch size and learning rate per epoch;
+noise_scale: per schedule, the measured B_simple of every run against its batch size.
 A run's best epoch (lowest validation loss, the checkpoint evaluated) is a filled dot.
 """
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -116,6 +117,46 @@ def plot_schedule(runs, path=None, notes=()):
     return fig
 
 
+def plot_noise_scale(runs, path=None, notes=()):
+    """One panel per schedule: the measured gradient noise scale B_simple (dotted, one line per seed)
+    against the batch size the schedule trained with (solid steps), per epoch, on one log2 axis: where
+    the batch is below B_simple, larger batches still buy fewer steps (McCandlish et al. 2018)."""
+    styles = _styles(runs)
+    schedules = list(styles)
+    fig, axes = _figure(len(schedules), "Measured gradient noise scale B_simple (dotted) and batch size (solid)",
+                        notes)
+    axes = list(axes) if len(schedules) > 1 else [axes]
+    values = []
+    for ax, schedule in zip(axes, schedules):
+        color, marker = styles[schedule]
+        mine = [r for r in runs if r.schedule == schedule]
+        for i, r in enumerate(mine):
+            epochs = [row["epoch"] for row in r.metrics]
+            sizes = [row["batch_size"] for row in r.metrics]
+            ax.plot(epochs, sizes, color=color, lw=_width(i, len(mine)), drawstyle="steps-mid",
+                    label="batch size" if i == 0 else None)
+            noise = [(row["epoch"], row["grad_noise_scale"]) for row in r.metrics if row.get("grad_noise_scale")]
+            if noise:
+                ax.plot(*zip(*noise), color="black", ls=":", marker=marker, ms=3, lw=1,
+                        label="B_simple (measured)" if i == 0 else None)
+            values += sizes + [v for _, v in noise]
+        ax.set_title(f"{schedule} ({len(mine)} run{'s' if len(mine) > 1 else ''})", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        if values:
+            ax.set_ylim(min(values) / 1.3, max(values) * 1.3)
+    axes[0].set_ylabel("images")
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
 def write_plots(runs, out_dir, notes=()):
     """All figures into out_dir; returns {name: path}."""
     paths = {}
@@ -124,4 +165,7 @@ def write_plots(runs, out_dir, notes=()):
         plot_curves(runs, x, paths[f"curves_{x}"], notes)
     paths["schedule"] = out_dir / "schedule.png"
     plot_schedule(runs, paths["schedule"], notes)
+    if any(row.get("grad_noise_scale") for r in runs for row in r.metrics):
+        paths["noise_scale"] = out_dir / "noise_scale.png"
+        plot_noise_scale(runs, paths["noise_scale"], notes)
     return paths

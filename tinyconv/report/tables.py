@@ -23,7 +23,9 @@ def table_rows(attributes, thresholds_mode, parallel=False):
              ("updates_to_best", "parameter updates to best epoch", "int"),
              ("wall_time_to_best_s", "wall time to best epoch", "seconds"),
              ("final_batch_size", "final batch size", "int"),
-             ("final_lr", "final learning rate", "lr")]
+             ("final_lr", "final learning rate", "lr"),
+             ("b_simple_first", "gradient noise scale B_simple, first epoch it was measured", "int"),
+             ("b_simple_last", "gradient noise scale B_simple, last epoch", "int")]
     if parallel:
         rows += [("ranks", "ranks (data-parallel processes)", "int"),
                  ("comm_time_s", "gradient allreduce time (all epochs)", "seconds"),
@@ -50,6 +52,9 @@ def run_values(result):
     v.update({"best_epoch": r.best_epoch, "updates_to_best": best["updates"],
               "wall_time_to_best_s": best["wall_time_s"], "final_batch_size": last["batch_size"],
               "final_lr": last["lr"]})
+    measured = [row["grad_noise_scale"] for row in r.metrics if row.get("grad_noise_scale")]
+    v["b_simple_first"] = measured[0] if measured else None
+    v["b_simple_last"] = r.metrics[-1].get("grad_noise_scale")
     comm = sum(row.get("comm_time_s") or 0.0 for row in r.metrics)
     train = sum(row.get("epoch_time_s") or 0.0 for row in r.metrics)
     v.update({"ranks": max(row.get("ranks") or 1 for row in r.metrics), "comm_time_s": comm, "comm_share": comm / train if train else 0.0})
@@ -89,6 +94,16 @@ def format_value(x, kind):
             "seconds": f"{x:.1f} s", "lr": f"{x:.3g}"}[kind]
 
 
+def _cell(values, kind):
+    """One run's value, or mean ± std over several; a run without the value (None: B_simple never
+    measured) is left out and counted: "(4 of 5)"."""
+    have = np.array([v for v in values if v is not None], dtype=np.float64)
+    if len(have) == 0:
+        return "–"
+    text = format_value(have[0], kind) if len(have) == 1 else _fmt_std(have.mean(), have.std(ddof=1), kind)
+    return text if len(have) == len(values) else f"{text} ({len(have)} of {len(values)})"
+
+
 def _fmt_std(m, s, kind):
     """'mean ± std' with the unit once, at the end."""
     if kind == "pct":
@@ -111,8 +126,7 @@ def comparison_markdown(results, baseline, attributes, thresholds_mode):
     for key, label, kind in table_rows(attributes, thresholds_mode, any_parallel(results)):
         cells = []
         for g in grouped.values():
-            vals = np.array([run_values(res)[key] for res in g], dtype=np.float64)
-            cells.append(format_value(vals[0], kind) if len(vals) == 1 else _fmt_std(vals.mean(), vals.std(ddof=1), kind))
+            cells.append(_cell([run_values(res)[key] for res in g], kind))
         cells.append(format_value(base.get(key), kind))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -171,8 +185,8 @@ def write_comparison_csv(path, results, baseline, attributes, thresholds_mode, n
         for key in keys:
             row = [key] + [run_values(res)[key] for res in results]
             for g in multi.values():
-                vals = np.array([run_values(res)[key] for res in g], dtype=np.float64)
-                row += [vals.mean(), vals.std(ddof=1)]
+                vals = np.array([v for v in (run_values(res)[key] for res in g) if v is not None], dtype=np.float64)
+                row += [vals.mean(), vals.std(ddof=1)] if len(vals) > 1 else ["", ""]
             row.append(base.get(key, ""))
             w.writerow(row)
         if note:
