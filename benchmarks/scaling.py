@@ -2,8 +2,9 @@
 
 Measured (this machine): ``mpiexec -n R python train.py`` for R = 1 and 2 (on 2 cores: one core per
 rank), the default model at each ``--sizes``, ``constant`` against ``batch-increase`` (with
-``--milestones 1,2,3``, so the batch doubles every epoch, 32 -> 256, whatever the losses do), on the
-built-in synthetic set; per epoch from the runs' metrics: seconds, images/s, the allreduce's seconds
+``--milestones 1,2,3``, so the batch doubles every epoch, 32 -> 256, whatever the losses do), and
+batch-increase with ``--sync-bn`` at R = 2 (what synchronised BatchNorm costs), on the built-in
+synthetic set; per epoch from the runs' metrics: seconds, images/s, the allreduce's seconds
 and its share of the epoch. And the allreduce itself: ``mpiexec -n 2`` ranks allreducing float32
 buffers from 4 KB to 16 MB (the model's gradient is 463,875 floats, 1.86 MB), median of repeats, fitted
 to t = alpha + (2 (R-1)/R) bytes / beta (ring allreduce: each rank sends that much; alpha from the
@@ -81,13 +82,15 @@ def fit_link(rows, ranks):
 
 # --- the training runs -------------------------------------------------------------------------------
 
-def train(ranks, size, schedule, epochs, count, cache, work):
-    run = work / f"{size}-{schedule}-r{ranks}"
+def train(ranks, size, schedule, epochs, count, cache, work, sync_bn=False):
+    run = work / f"{size}-{schedule}-r{ranks}{'-sync' if sync_bn else ''}"
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(ROOT / "train.py"), "--schedule", schedule,
            "--image-size", size, "--epochs", str(epochs), "--synthetic-count", str(count), "--cache-dir", str(cache),
            "--noise-every", "0", "--no-progress", "--run-dir", str(run)]
     if schedule == "batch-increase":
         cmd += ["--milestones", ",".join(str(e) for e in range(1, epochs))]
+    if sync_bn:
+        cmd.append("--sync-bn")
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if r.returncode != 0:
@@ -146,13 +149,17 @@ def main(argv=None):
                     rows, wall = train(ranks, size, schedule, args.epochs, args.count, cache, work)
                     measured[size, schedule, ranks] = rows
                     print(f"  ran {size} {schedule} R={ranks}: {wall:.0f} s", flush=True)
+            for ranks in [r for r in args.ranks if r > 1]:            # what --sync-bn costs
+                rows, wall = train(ranks, size, "batch-increase", args.epochs, args.count, cache, work, sync_bn=True)
+                measured[size, "batch-increase --sync-bn", ranks] = rows
+                print(f"  ran {size} batch-increase --sync-bn R={ranks}: {wall:.0f} s", flush=True)
     say(f"\n### Training, {args.epochs} epochs on the built-in synthetic set ({args.count} images), per epoch\n")
     say("batch-increase doubles the batch every epoch (--milestones); the allreduce share is of the epoch's "
         "training time; speed-up: the one-rank epoch's time over this one's.\n")
     say("| size | schedule | ranks | epoch | batch | updates | s | img/s | allreduce s (share) | speed-up |")
     say("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (size, schedule, ranks), rows in measured.items():
-        base = measured.get((size, schedule, 1))
+        base = measured.get((size, schedule.split(" ")[0], 1))
         prev = 0
         for i, row in enumerate(rows):
             ups = row["updates"] - prev
