@@ -242,6 +242,11 @@ def main(argv=None):
         comm = distributed.init(cfg.device)
     except (TrainingError, ValueError, RuntimeError, OSError) as exc:   # bad settings or no GPU: one clear line
         print(f"train.py: error: {exc}", file=sys.stderr)
+        if "mpi4py.MPI" in sys.modules:     # MPI started (e.g. NCCL failed on this node): stop every rank
+            from mpi4py import MPI
+            if MPI.Is_initialized() and MPI.COMM_WORLD.Get_size() > 1:
+                sys.stderr.flush()
+                MPI.COMM_WORLD.Abort(2)
         return 2
     if comm.size > 1:
         training.QUIET = not comm.is_root
@@ -270,7 +275,7 @@ def main(argv=None):
         return 130
     except _QuietError:
         return 1
-    except (TrainingError, RunDirError, ValueError, OSError) as exc:
+    except (TrainingError, RunDirError, ValueError, OSError, distributed.DistributedError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return stop_ranks(comm, 1)
     except Exception as exc:

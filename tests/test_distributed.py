@@ -116,7 +116,8 @@ def test_flat_buffers_align_every_parameter_and_step_as_the_separate_arrays(make
     used = np.zeros(opt_a.flat.n, dtype=bool)
     for off, views in zip(opt_a.flat.offsets, opt_a.flat.views):
         used[off:off + views[0].size] = True
-        assert views[0].__array_interface__["data"][0] % (4 * ALIGN) == 0 or off % ALIGN == 0
+        for view in views:                                                # p, g and each slot
+            assert view.__array_interface__["data"][0] % (4 * ALIGN) == 0   # 256-byte aligned in memory
     for buf in (opt_a.flat.p, opt_a.flat.g, *opt_a.flat.slot.values()):
         assert not buf[~used].any()                                       # the gaps stay zeros
     for (pa, _), (pb, _) in zip(a.parameters(), b.parameters()):
@@ -373,3 +374,38 @@ def test_the_docs_own_training_loop_runs_on_two_ranks(tmp_path):
     r = mpirun(2, [], tmp_path, script=tmp_path / "loop.py")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("2 ranks, 3 steps")
+
+
+WRAPPERS = {
+    # Ctrl-C reaches rank 0 after a step's control allreduce, before its check: the next step's decides
+    "mid-epoch": ("step = t.Run._step_ranks\n"
+                  "def patched(self, batch):\n"
+                  "    loss = step(self, batch)\n"
+                  "    if self.comm.rank == 0 and self.epoch == 0 and self.batch == 2: self.stop.requested = True\n"
+                  "    return loss\n"
+                  "t.Run._step_ranks = patched\n"),
+    # ... or while rank 0 writes last.h5 at an epoch's end, when the others are already past it
+    "epoch-end": ("save = t.Run.save\n"
+                  "def patched(self, name):\n"
+                  "    save(self, name)\n"
+                  "    if self.comm.rank == 0 and name == 'last' and self.epoch == 1: self.stop.requested = True\n"
+                  "t.Run.save = patched\n"),
+}
+
+
+@needs_mpi
+@pytest.mark.parametrize("when", list(WRAPPERS))
+def test_a_stop_asked_of_one_rank_stops_every_rank_after_the_same_step(cache, tmp_path, when):
+    """Ranks stop only on what all agreed (the control allreduce, or one at an epoch's start): every
+    rank exits 130, rank 0 saved the position, and the run resumes."""
+    script = ("import runpy, sys, tinyconv.training as t\n" + WRAPPERS[when] +
+              f"sys.argv = [{str(ROOT / 'train.py')!r}] + sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    (tmp_path / "stop.py").write_text(script)
+    r = mpirun(2, cli(cache, "--batch-size", "16", "--epochs", "3", "--run-dir", "run"), tmp_path, timeout=120,
+               script=tmp_path / "stop.py")
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert "interrupted; the position is saved" in r.stderr
+    assert (tmp_path / "run" / "checkpoints" / "last.h5").is_file()
+    assert in_process(["--resume", "run", "--no-progress"], tmp_path) == 0
+    assert [row["epoch"] for row in metrics(tmp_path / "run")] == [1, 2, 3]

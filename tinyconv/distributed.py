@@ -63,7 +63,8 @@ class Communicator:
     """One process: rank 0 of 1. Every collective is the identity, so a training loop written for R
     ranks runs unchanged (and bit for bit as before) in one process.
 
-    ``seconds``/``bytes``/``calls`` count the gradient allreduces (the communication a step pays);
+    ``seconds``/``bytes``/``calls`` count the gradient allreduces (the communication a step pays: on
+    the GPU the seconds NCCL ran, from CUDA events);
     ``reset_counters`` starts a new count (per epoch in training.py)."""
     rank, size, local_rank, local_size = 0, 1, 0, 1
     backend = "none"
@@ -73,7 +74,22 @@ class Communicator:
         self.reset_counters()
 
     def reset_counters(self):
-        self.seconds, self.bytes, self.calls = 0.0, 0, 0
+        self._seconds, self.bytes, self.calls, self._events = 0.0, 0, 0, []
+
+    @property
+    def seconds(self):
+        """Seconds in gradient allreduces since the last reset (on the GPU, read from CUDA events:
+        reading waits for the last one to finish)."""
+        if self._events:
+            import cupy
+            self._events[-1][1].synchronize()
+            self._seconds += sum(cupy.cuda.get_elapsed_time(a, b) for a, b in self._events) / 1e3
+            self._events = []
+        return self._seconds
+
+    @seconds.setter
+    def seconds(self, value):
+        self._seconds = value
 
     @property
     def is_root(self):
@@ -151,10 +167,20 @@ class MPICommunicator(Communicator):
         from .backend import require_gpu
         cp = require_gpu()
         count = cp.cuda.runtime.getDeviceCount()
-        if self.local_size > count:
+        if count == 1:                       # the launcher gave this rank its own device (srun --gpus-per-task)
+            device = 0
+        elif self.local_size <= count:       # the node's devices, one per rank on the node
+            device = self.local_rank
+        else:
             raise DistributedError(f"{self.local_size} ranks on this node but {count} GPU(s): start at most "
                                    f"{count} ranks per node with --device gpu (one GPU each)")
-        cp.cuda.Device(self.local_rank).use()
+        cp.cuda.Device(device).use()
+        node = self.world.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+        buses = node.allgather(cp.cuda.Device(device).pci_bus_id)
+        node.Free()
+        if len(set(buses)) < len(buses):
+            raise DistributedError(f"two ranks on this node share the GPU at {buses[self.local_rank]}: give each "
+                                   "rank its own device (CUDA_VISIBLE_DEVICES or the launcher's GPU binding)")
         from cupy.cuda import nccl
         uid = nccl.get_unique_id() if self.rank == 0 else None
         uid = self.world.bcast(uid, root=0)
@@ -163,12 +189,17 @@ class MPICommunicator(Communicator):
 
     # --- collectives -------------------------------------------------------------------------
     def allreduce(self, buf):
-        t0 = time.perf_counter()
-        if is_gpu_array(buf):
+        if is_gpu_array(buf):                # timed on the stream: NCCL runs asynchronously
+            import cupy
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
             self._allreduce_device(buf)
+            end.record()
+            self._events.append((start, end))
         else:
+            t0 = time.perf_counter()
             self.world.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
-        self.seconds += time.perf_counter() - t0
+            self.seconds += time.perf_counter() - t0
         self.bytes += _ring_bytes(buf.nbytes, self.size)
         self.calls += 1
         return buf

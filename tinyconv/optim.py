@@ -97,10 +97,25 @@ class Optimizer:
 ALIGN = 64      # elements: each parameter's view in a flat buffer starts at a multiple of this
 
 
+def address(a):
+    """The memory address of an array's first element (NumPy or CuPy)."""
+    return a.data.ptr if hasattr(a.data, "ptr") else a.__array_interface__["data"][0]
+
+
+def _aligned_zeros(xp, n, dtype):
+    """n zeros whose first element sits at a multiple of ALIGN elements in memory (NumPy's allocator
+    only promises 16 bytes)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = xp.zeros(n + ALIGN, dtype=dtype)
+    skip = (-address(raw) // itemsize) % ALIGN
+    return raw[skip:skip + n]
+
+
 class FlatBuffers:
     """The parameters, gradients and per-parameter state (Adam's m and v, SGD's momentum buffer) of
     an optimizer in flat buffers it owns (``p``, ``g``, and ``slot[name]``), the dicts holding views
-    into them. Each view starts at a multiple of :data:`ALIGN` elements (256 bytes in float32), so
+    into them. Each view starts at an address that is a multiple of :data:`ALIGN` elements (256 bytes
+    in float32: the buffers are aligned, and each view's offset in them is a multiple of ALIGN), so
     odd channel counts (``--width``) leave no parameter misaligned for vector loads; the gaps are
     zeros and stay zeros (a zero gradient moves neither Adam nor SGD). Checked by identity at each
     step: when anything replaced an array (``model.to``, ``astype``, the optimizer's
@@ -118,8 +133,8 @@ class FlatBuffers:
         self.n = off
         xp = get_array_module(first)
         slots = opt._slots()
-        self.p, self.g = xp.zeros(self.n, dtype=first.dtype), xp.zeros(self.n, dtype=first.dtype)
-        self.slot = {name: xp.zeros(self.n, dtype=first.dtype) for name in slots}
+        self.p, self.g = _aligned_zeros(xp, self.n, first.dtype), _aligned_zeros(xp, self.n, first.dtype)
+        self.slot = {name: _aligned_zeros(xp, self.n, first.dtype) for name in slots}
         self.views = []
         for (p, g, i, k), size, off in zip(pairs, sizes, self.offsets):
             params, grads = opt.parameters[i]

@@ -348,11 +348,8 @@ class Run:
         """Data-parallel set-up (tinyconv/distributed.py): equal start, one flat gradient buffer,
         dropout masks per global sample, one micro-batch size for every rank."""
         comm, cfg = self.comm, self.cfg
-        if cfg.batch_size < comm.size:
-            raise distributed.DistributedError(
-                f"--batch-size {cfg.batch_size} is smaller than the number of ranks ({comm.size}): every rank "
-                "needs at least one image of each batch")
         comm.broadcast_parameters(self.model)
+        set_dropout_states(self.model, comm.broadcast(dropout_states(self.model)))   # equal masks too
         self.optimizer.flat_gradients()
         self.dropout_shards = distributed.DropoutShards(self.model, (3,) + tuple(self.ds.image_size))
         self.micro_batch = comm.broadcast(self.micro_batch)
@@ -578,11 +575,15 @@ class Run:
         else:
             self.log(f"resuming {self.dir} at epoch {self.epoch + 1}, batch {self.batch}")
             self._repair_best()
+        if self.batch_size < self.comm.size:       # (on resume: the batch the run has grown to)
+            raise distributed.DistributedError(
+                f"the batch size {self.batch_size} is smaller than the number of ranks ({self.comm.size}): every "
+                "rank needs at least one image of each batch")
         sync = self.cfg.sync_bn and self.comm.size > 1
         with StopRequest() as self.stop, _synchronised_batchnorm(self.comm if sync else None):
             while self.epoch < self.cfg.epochs:
                 try:
-                    self.stop.check()
+                    self._check_stop(agree=True)
                     self.train_epoch()
                 except KeyboardInterrupt:     # only ever raised at a step boundary (StopRequest)
                     self.log(f"interrupted at epoch {self.epoch + 1}, batch {self.batch}: saving the position to "
@@ -640,7 +641,7 @@ class Run:
                 self.updates += 1
                 self.images_seen += batch.total
                 acc["seen"] += n
-                self.stop.check()
+                self._check_stop()
             last = losses.pop()
             if last is not None:
                 self._account(*last, bar)
@@ -658,6 +659,18 @@ class Run:
             batches.close()
             self.model.clear_cache()
         assert len(acc["correct"]) == K
+
+    def _check_stop(self, agree=False):
+        """Raise KeyboardInterrupt where a stop was asked for. With data-parallel ranks only on what
+        every rank agreed: the control allreduce of the last step, or (``agree``, at an epoch's start)
+        one allreduce of the ranks' requests, so no rank leaves the loop alone."""
+        if not self.comm.parallel:
+            return self.stop.check()
+        if agree:
+            flag = np.array([float(self.stop.requested)])
+            self._stop_agreed = self.comm.allreduce_host(flag)[0] > 0
+        if getattr(self, "_stop_agreed", False):
+            raise KeyboardInterrupt
 
     def _momentum(self):
         return self.cfg.momentum if self.cfg.optimizer == "sgd" else 0.0
@@ -739,6 +752,10 @@ class Run:
         measure = self._measure_now(B)
         if measure and comm.size == 1:           # one rank (through MPI): the half-batch measurement
             self._measure_half_batch(batch)
+        elif measure and self.cfg.sync_bn:       # the share normalised by itself: under sync-BN a rank's part
+            with _synchronised_batchnorm(None):  # of the global gradient is no small-batch gradient
+                self._measure_half_batch(batch, rows=b)
+            small_sq = self._small[0]
         self.dropout_shards.before(batch)
         if b:
             loss = self._forward_backward(batch, B)
@@ -752,24 +769,23 @@ class Run:
         control = np.zeros(2)
         control[0] = float(self.stop.requested)
         if measure and comm.size > 1:   # |G_small|^2 of this rank's mean gradient, averaged over ranks
-            control[1] = squared_norm(grads) * (B / b) ** 2 / comm.size
+            control[1] = (small_sq if self.cfg.sync_bn else squared_norm(grads) * (B / b) ** 2) / comm.size
         comm.allreduce(grads)
         comm.allreduce_host(control)
-        if control[0] > 0:
-            self.stop.requested = True
+        self._stop_agreed = control[0] > 0      # what every rank decides on; not stop.requested (a signal may land later)
         if measure:
             small = (float(control[1]), B / comm.size) if comm.size > 1 else self._small
             self.noise.update(*small, squared_norm(grads), B)
         self.optimizer.step()
         return loss
 
-    def _measure_half_batch(self, batch):
+    def _measure_half_batch(self, batch, rows=None):
         """|G_small|^2 of the first half of the batch, for the gradient noise scale (tinyconv/noise.py):
         one more forward and backward, after which the BatchNorm running statistics and the dropout
         generators are put back, so the training run itself is exactly what it is without it. (The
         half batch is normalised with its own statistics: its gradient is that of the model with
         BatchNorm over B/2 images, a small bias in the estimate, see docs/noise-scale.md.)"""
-        model, half = self.model, len(batch.index) // 2
+        model, half = self.model, rows or len(batch.index) // 2
         buffers = [{k: v.copy() for k, v in layer.buffers.items()} for layer in model.layers]
         generators = dropout_states(model)
         micro = self.micro_batch or half
@@ -1064,7 +1080,7 @@ def run_experiment(cfg, schedules, run_dir, resume=False, overrides=None, seeds=
         try:
             warm_up(cfg, ds)
             for (name, seed, _), d in zip(plan, dirs):
-                if resume and (d / "checkpoints" / "last.h5").is_file():
+                if comm.broadcast(resume and (d / "checkpoints" / "last.h5").is_file()):   # rank 0's view
                     run = Run.resume(d, lambda c: ds, overrides=overrides, comm=comm)
                 else:
                     c = TrainConfig.from_json({**cfg.to_json(), "schedule": name, "seed": seed})
