@@ -6,6 +6,8 @@ parameter updates or wall time; schedule: each run's batch size and learning rat
 noise_scale: per schedule, the measured B_simple of every run against its batch size.
 A run's best epoch (lowest validation loss, the checkpoint evaluated) is a filled dot.
 """
+import math
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -23,8 +25,15 @@ def _styles(runs):
 
 
 def _legend_label(run, runs):
+    """The legend names a schedule once: a schedule with several seeds (up to three) names them; with
+    more, its first run stands for all ("(5 seeds)") and the others get no entry (None), so the
+    legend stays the size of the number of schedules."""
     same = [r for r in runs if r.schedule == run.schedule]
-    return run.schedule if len(same) == 1 else f"{run.schedule} (seed {run.seed})"
+    if len(same) == 1:
+        return run.schedule
+    if len(same) <= 3:
+        return f"{run.schedule} (seed {run.seed})"
+    return f"{run.schedule} ({len(same)} seeds)" if run is same[0] else None
 
 
 def _width(i, n):
@@ -52,9 +61,9 @@ def plot_curves(runs, x="epoch", path=None, notes=()):
         lw = _width(i, len(runs))
         for ax, what in ((ax_acc, "acc_mean"), (ax_loss, "loss")):
             ax.plot(xs, [row[f"val_{what}"] for row in r.metrics], color=color, marker=marker, ms=4,
-                    lw=lw, label=f"{label}, validation")
+                    lw=lw, label=label and f"{label}, validation")
             ax.plot(xs, [row[f"train_{what}"] for row in r.metrics], color=color, ls="--", lw=1.2,
-                    alpha=0.8, label=f"{label}, training")
+                    alpha=0.8, label=label and f"{label}, training")
             best = r.row_at_best()
             ax.plot([best[key]], [best[f"val_{what}"]], color=color, marker=marker, ms=10, mec="black",
                     ls="none")
@@ -87,7 +96,7 @@ def plot_schedule(runs, path=None, notes=()):
                    drawstyle="steps-mid", label=label)
         noise = [(row["epoch"], row["grad_noise_scale"]) for row in r.metrics if row.get("grad_noise_scale")]
         if noise:
-            ax_bs.plot(*zip(*noise), color=color, ls=":", lw=1.2, label=f"{label}: B_simple (measured)")
+            ax_bs.plot(*zip(*noise), color=color, ls=":", lw=1.2, label=label and f"{label}: B_simple (measured)")
         ax_lr.plot(epochs, [row["lr"] for row in r.metrics], color=color, marker=marker, lw=lw,
                    drawstyle="steps-mid", label=label)
     ax_bs.set_yscale("log", base=2)
@@ -100,7 +109,11 @@ def plot_schedule(runs, path=None, notes=()):
         if key == "batch_size":             # the axis must hold the measured noise scale too
             noise = [row["grad_noise_scale"] for r in runs for row in r.metrics if row.get("grad_noise_scale")]
             lo, hi = min(values + noise), max(values + noise)
-        ax.set_yticks(values if len(values) <= 12 else values[::-(-len(values) // 12)])
+        if key == "batch_size" and len(values) > 6:     # many sizes (noise-adaptive): powers of two
+            ticks = [2 ** k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 2)]
+        else:
+            ticks = values if len(values) <= 12 else values[::-(-len(values) // 12)]
+        ax.set_yticks(ticks)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
         if key == "batch_size":
