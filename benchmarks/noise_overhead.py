@@ -1,14 +1,22 @@
-"""What measuring the gradient noise scale costs: the same training run with ``--noise-every K``
-(default 16: one more half-batch forward and backward every K steps) and with 0 (never), alternated
-``--repeats`` times in one process on the built-in synthetic set, after a warm-up. Reported: the
-median training seconds per epoch (metrics' ``epoch_time_s``: the steps only, no validation) of each,
-and the overhead as their ratio. The weights at the end are checked equal (the measurement restores
-what it touches), so both runs do the same training work.
+"""What measuring the gradient noise scale costs in training time, step by step.
 
-    python3 benchmarks/noise_overhead.py                    # 54x44, 3 epochs, 3 repeats: about 5 minutes
-    python3 benchmarks/noise_overhead.py --every 16 4 --size 109x89 --epochs 2
+With ``--noise-every K`` a training step is unchanged, and every K-th step adds the measurement: one
+more forward and backward of half the batch (``Run._measure_half_batch``: its BatchNorm statistics and
+dropout generators put back) and two squared gradient norms. So the overhead is
+
+    (t_measure + t_norm) / (K * t_step)
+
+with each time measured here on the default model at the given size: ``--steps`` real training steps on
+the built-in synthetic set, the measurement timed right before each step on the same batch, both
+interleaved so that the machine's load drifts into both alike (whole-epoch A/B runs on this shared
+machine wandered by +-8% between repeats, more than the effect). Medians are reported.
+
+    python3 benchmarks/noise_overhead.py                       # 54x44, batch 32, 150 steps: about a minute
+    python3 benchmarks/noise_overhead.py --size 109x89 --every 16 32
 """
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import sys
@@ -16,50 +24,56 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinyconv.training import Run, TrainConfig, open_data, warm_up  # noqa: E402
+from tinyconv.training import Run, TrainConfig, open_data, squared_grad_norm, warm_up  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--every", nargs="+", type=int, default=[16], help="the K values to compare with 0")
+    p.add_argument("--every", nargs="+", type=int, default=[16], help="K values to report")
     p.add_argument("--size", default="54x44")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=150)
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.size.split("x"))
-    with tempfile.TemporaryDirectory() as tmp:
-        base = TrainConfig(schedule="constant", image_size=(h, w), epochs=args.epochs, batch_size=args.batch_size,
-                           cache_dir=str(Path(tmp) / "data"), progress=False)
-        ds = open_data(base)
-        warm_up(base, ds)
-        print(f"benchmarks/noise_overhead.py: {args.size}, batch {args.batch_size}, {args.epochs} epochs x "
-              f"{args.repeats} repeats per setting, load average {os.getloadavg()[0]:.1f}; "
-              f"{time.strftime('%Y-%m-%d %H:%M')}")
-        times, finals = {k: [] for k in [0] + args.every}, {}
-        for rep in range(args.repeats):
-            for k in [0] + args.every:
-                cfg = TrainConfig.from_json({**base.to_json(), "noise_every": k})
-                run = Run(cfg, Path(tmp) / f"r{rep}-k{k}", ds)
-                import contextlib
-                import io
-                with contextlib.redirect_stdout(io.StringIO()):
-                    rows = run.train()
-                times[k] += [r["epoch_time_s"] for r in rows[1:] or rows]     # epoch 1 warms caches
-                finals[k] = [a.copy() for params, _ in run.model.parameters() for a in params.values()]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
+        cfg = TrainConfig(schedule="constant", image_size=(h, w), batch_size=args.batch_size, noise_every=0,
+                          cache_dir=str(Path(tmp) / "data"), progress=False)
+        ds = open_data(cfg)
+        with contextlib.redirect_stdout(io.StringIO()):
+            warm_up(cfg, ds)
+        run = Run(cfg, Path(tmp) / "run", ds)
+        steps, measures, norms = [], [], []
+        epoch = 0
+        while len(steps) < args.steps:
+            for batch in ds.batches("train", args.batch_size, seed=0, epoch=epoch):
+                if len(batch.index) != args.batch_size:
+                    continue
+                t0 = time.perf_counter()
+                run._measure_half_batch(batch)
+                t1 = time.perf_counter()
+                squared_grad_norm(run.model)
+                t2 = time.perf_counter()
+                run.step(batch)
+                t3 = time.perf_counter()
+                measures.append(t1 - t0)
+                norms.append(t2 - t1)
+                steps.append(t3 - t2)
+                if len(steps) >= args.steps:
+                    break
+            epoch += 1
         ds.close()
-    print("\n| noise every K steps | median s per epoch (training steps) | overhead vs never |")
+    skip = min(10, len(steps) // 5)                     # the first steps warm caches and the allocator
+    step, measure, norm = (statistics.median(v[skip:]) for v in (steps, measures, norms))
+    print(f"benchmarks/noise_overhead.py: {args.size}, batch {args.batch_size}, {len(steps) - skip} steps, "
+          f"load average {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"\nmedian ms: training step {step * 1e3:.1f}, half-batch measurement {measure * 1e3:.1f} "
+          f"(incl. one |g|^2), second |g|^2 {norm * 1e3:.2f}\n")
+    print("| noise every K steps | added per K steps (ms) | overhead of the training time |")
     print("|---:|---:|---:|")
-    never = statistics.median(times[0])
-    for k in [0] + args.every:
-        med = statistics.median(times[k])
-        print(f"| {k or 'never'} | {med:.2f} | {'-' if k == 0 else f'{med / never - 1:+.1%}'} |")
-    same = all(all(np.array_equal(a, b) for a, b in zip(finals[0], finals[k])) for k in args.every)
-    print(f"\nfinal weights identical with and without measuring: {same}")
+    for k in args.every:
+        print(f"| {k} | {(measure + norm) * 1e3:.1f} | {(measure + norm) / (k * step):+.1%} |")
 
 
 if __name__ == "__main__":
