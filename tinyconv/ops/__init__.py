@@ -134,8 +134,12 @@ def workspace_bytes(device, dtype):
 
 # -- batchnorm and the fused batchnorm -> relu (-> maxpool) ----------------------------------------
 def _norm_impl(op, train, *arrays):
-    """Synchronised BatchNorm (norm.SYNC set, training) runs the reference: it alone allreduces."""
-    return REFERENCE[op] if train and norm.SYNC is not None else implementation(op, *arrays)
+    """Synchronised BatchNorm (norm.SYNC set, training) runs an implementation that allreduces its sums
+    (``SYNCS``: the reference and numba; the CUDA kernels do not, so the GPU runs the reference)."""
+    impl = implementation(op, *arrays)
+    if train and norm.SYNC is not None and not getattr(impl, "SYNCS", False):
+        return REFERENCE[op]
+    return impl
 
 
 def batchnorm_forward(x, params, buffers, train, momentum, eps):

@@ -14,6 +14,8 @@ from .activations import relu_backward, relu_forward, relu_saved_bytes
 from .norm import batchnorm_backward, batchnorm_forward, batchnorm_saved_bytes
 from .pool import maxpool_backward, maxpool_forward, maxpool_saved_bytes
 
+SYNCS = True     # composes the reference BatchNorm, which takes part in synchronised BatchNorm
+
 
 class BNReLUSaved(NamedTuple):
     bn: object

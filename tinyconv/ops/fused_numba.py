@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernels.threads import parts_for, run_parts, split
 from .geometry import geometry
-from .norm_numba import _bn_out, gradients, normalize_images, statistics
+from .norm_numba import SYNCS, _bn_out, gradients, normalize_images, statistics  # noqa: F401 (SYNCS: see norm)
 from .pool_numba import first_max4, unpool
 
 

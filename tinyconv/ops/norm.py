@@ -20,8 +20,10 @@ Each rank sums its shifted values d = x - running_mean (the shift every rank sha
 float64 and one allreduce adds the ranks' sums and counts, so mean and var are the global batch's;
 the backward allreduces its two sums (dbeta, dgamma) for dx, while the parameter gradients stay
 the rank's own sums (the gradient allreduce adds them). R ranks then compute what one process
-computes on the whole batch, up to the order of the float64 sums. tinyconv.ops sends BatchNorm to
-this reference implementation while SYNC is set (the numba and CUDA kernels take no communicator).
+computes on the whole batch, up to the order of the float64 sums. The numba implementation
+(norm_numba.py, fused_numba.py) takes part the same way (``merge_moments``, ``synced_sums``: the same
+messages); tinyconv.ops sends the CUDA path's BatchNorm here while SYNC is set (its kernels take no
+communicator).
 """
 from typing import NamedTuple
 
@@ -33,6 +35,7 @@ from .grads import store_grad
 
 # The communicator of synchronised BatchNorm (see the module docstring), or None.
 SYNC = None
+SYNCS = True     # this implementation takes part in synchronised BatchNorm (so do the numba ones)
 
 
 class BatchNormSaved(NamedTuple):
@@ -51,18 +54,44 @@ def _allreduce(values):
     return values
 
 
+def _merge(packed, shift, C):
+    """(mean, var, M) from the allreduced sums (sum d, sum d^2, M), d = x - shift, in float64."""
+    xp = get_array_module(packed)
+    _allreduce(packed)
+    M = int(round(float(packed[2 * C])))
+    m1 = packed[:C] / max(M, 1)
+    return shift + m1, xp.maximum(packed[C:2 * C] / max(M, 1) - m1 * m1, 0.0), M
+
+
 def synced_moments(x, shift, C):
-    """(mean, var, M) of the global batch, from this rank's ``x`` (None: no rows here) in float64."""
+    """(mean, var, M) of the global batch, from this rank's ``x`` (None: no rows here) in float64.
+    The message every rank sends: (sum d, sum d^2, M) per channel, d = x - shift."""
     xp = get_array_module(shift)
     packed = xp.zeros(2 * C + 1, dtype=xp.float64)
     if x is not None:
         d = x.astype(xp.float64) - shift[:, None, None]
         packed[:C], packed[C:2 * C] = d.sum(axis=(0, 2, 3)), (d * d).sum(axis=(0, 2, 3))
         packed[2 * C] = x.size // C
-    _allreduce(packed)
-    M = int(round(float(packed[2 * C])))
-    m1 = packed[:C] / max(M, 1)
-    return shift + m1, xp.maximum(packed[C:2 * C] / max(M, 1) - m1 * m1, 0.0), M
+    return _merge(packed, shift, C)
+
+
+def merge_moments(mean, var, M, shift):
+    """synced_moments from this rank's own float64 (mean, biased var) over M values per channel (the
+    numba statistics): the same message, sum d = M (mean - shift), sum d^2 = M (var + (mean - shift)^2)."""
+    C, xp = len(mean), get_array_module(mean)
+    packed = xp.empty(2 * C + 1, dtype=xp.float64)
+    packed[:C] = M * (mean - shift)
+    packed[C:2 * C] = M * (var + (mean - shift) ** 2)
+    packed[2 * C] = M
+    return _merge(packed, shift, C)
+
+
+def synced_sums(dbeta, dgamma, M):
+    """(dbeta, dgamma, M) added over the ranks (float64): what dx needs under synchronised BatchNorm."""
+    xp = get_array_module(dbeta)
+    C = len(dbeta)
+    both = _allreduce(xp.concatenate([dbeta.astype(xp.float64), dgamma.astype(xp.float64), xp.asarray([float(M)])]))
+    return both[:C], both[C:2 * C], int(round(float(both[2 * C])))
 
 
 def sync_empty_rank(layers):
@@ -74,7 +103,8 @@ def sync_empty_rank(layers):
         mean, var, M = synced_moments(None, rm.astype(get_array_module(rm).float64), layer.channels)
         update_running_stats(layer.buffers, mean, var, M, layer.momentum)
     for layer in reversed(layers):
-        _allreduce(get_array_module(layer.buffers["running_mean"]).zeros(2 * layer.channels, dtype="float64"))
+        xp = get_array_module(layer.buffers["running_mean"])
+        synced_sums(xp.zeros(layer.channels), xp.zeros(layer.channels), 0)
 
 
 def update_running_stats(buffers, mean, var, M, momentum):
@@ -116,9 +146,8 @@ def batchnorm_backward(saved, dy, params, grads, accumulate=False):
         return dy * scale
     M = dy.size // dy.shape[1]
     if count is not None:        # synchronised: the sums and the count of the whole global batch
-        C, xp = dy.shape[1], get_array_module(dy)
-        both = _allreduce(xp.concatenate([dbeta.astype(xp.float64), dgamma.astype(xp.float64)]))
-        dbeta, dgamma, M = both[:C].astype(dy.dtype), both[C:].astype(dy.dtype), count
+        dbeta, dgamma, M = synced_sums(dbeta, dgamma, M)
+        dbeta, dgamma = dbeta.astype(dy.dtype), dgamma.astype(dy.dtype)
     return (scale / M) * (M * dy - dbeta[:, None, None] - xhat * dgamma[:, None, None])
 
 

@@ -28,7 +28,10 @@ import numpy as np
 
 from ..kernels.threads import parts_for, run_parts, split
 from .grads import store_grad
+from . import norm
 from .norm import update_running_stats
+
+SYNCS = True     # takes part in synchronised BatchNorm (norm.SYNC): see statistics() and gradients()
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -204,7 +207,10 @@ def statistics(x, buffers, train, momentum, eps):
         mean, var = np.empty(C, dtype=np.float64), np.empty(C, dtype=np.float64)
         parts = parts_for(C, x.size)
         run_parts(lambda i: channel_mean_var(x, mean, var, *split(C, parts, i)), parts)
-        update_running_stats(buffers, mean, var, x.size // C, momentum)
+        M = x.size // C
+        if norm.SYNC is not None:                 # the global batch's, from every rank's (M, mean, var)
+            mean, var, M = norm.merge_moments(mean, var, M, buffers["running_mean"].astype(np.float64))
+        update_running_stats(buffers, mean, var, M, momentum)
     else:
         mean, var = buffers["running_mean"], buffers["running_var"]
     inv_std = 1 / np.sqrt(var.astype(x.dtype) + x.dtype.type(eps))
@@ -230,11 +236,14 @@ def gradients(x, dy, mean, inv_std, gamma_beta, relu, train, params, grads, accu
     parts = parts_for(C, x.size)
     run_parts(lambda i: backward_sums(x, dy, mean, inv_std, *gamma_beta, relu, dbeta, dgamma,
                                       *split(C, parts, i)), parts)
+    store_grad(grads, "beta", dbeta.astype(x.dtype), accumulate)       # this rank's sums (the gradient
+    store_grad(grads, "gamma", dgamma.astype(x.dtype), accumulate)     # allreduce adds the ranks')
+    M = x.size // C
+    if norm.SYNC is not None and train:           # dx needs the global batch's sums and count
+        dbeta, dgamma, M = norm.synced_sums(dbeta, dgamma, M)
     dbeta, dgamma = dbeta.astype(x.dtype), dgamma.astype(x.dtype)
-    store_grad(grads, "beta", dbeta, accumulate)
-    store_grad(grads, "gamma", dgamma, accumulate)
     scale = params["gamma"] * inv_std
-    M = x.dtype.type(x.size // C)
+    M = x.dtype.type(M)
     dx = dy if in_place else np.empty_like(dy)
     parts = parts_for(x.shape[0], x.size)
 
