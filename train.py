@@ -246,6 +246,7 @@ def main(argv=None):
             from mpi4py import MPI
             if MPI.Is_initialized() and MPI.COMM_WORLD.Get_size() > 1:
                 sys.stderr.flush()
+                time.sleep(0.5)                # let the launcher forward the message first
                 MPI.COMM_WORLD.Abort(2)
         return 2
     if comm.size > 1:
@@ -282,8 +283,8 @@ def main(argv=None):
         if comm.size == 1:
             raise
         import traceback
+        print(f"train.py: error on rank {comm.rank}: {exc!r}", file=sys.stderr)   # the line that matters first
         traceback.print_exc()
-        print(f"train.py: error on rank {comm.rank}: {exc!r}", file=sys.stderr)
         return stop_ranks(comm, 1)
     if comm.is_root:
         print(f"train.py: done in {time.perf_counter() - t0:.0f} s; results in {run_dir}")

@@ -244,9 +244,11 @@ class MPICommunicator(Communicator):
 
     def abort(self, code=1):
         """Stop every rank (MPI_Abort): what a rank that failed calls, so no rank waits forever in
-        a collective the failed one will never join."""
+        a collective the failed one will never join. It waits half a second first: the launcher forwards
+        each rank's output asynchronously and drops what it has not forwarded when the job is torn down."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(0.5)
         self.world.Abort(code)
 
 
