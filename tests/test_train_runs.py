@@ -19,14 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train as train_cli  # noqa: E402
 
-SIZE, COUNT = (40, 32), 160
+from conftest import SMALL_COUNT as COUNT, SMALL_SIZE as SIZE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    open_data(TrainConfig(cache_dir=str(d), image_size=SIZE, synthetic_count=COUNT, progress=False)).close()
-    return d
+def cache(small_data):
+    return small_data
 
 
 def cli_args(cache, *extra, epochs=2):
