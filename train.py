@@ -1,4 +1,4 @@
-"""Train the default CNN under one schedule or all three (constant, batch-increase, lr-decay).
+"""Train the default CNN under one schedule or all four (constant, batch-increase, lr-decay, noise-adaptive).
 
     python train.py                                   # the whole small experiment, built-in data, CPU
     python train.py --schedule lr-decay --device gpu --data /path/to/celeba --image-size 218x178
