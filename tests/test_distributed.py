@@ -210,6 +210,22 @@ def test_synchronised_batchnorm_computes_what_one_process_computes_on_the_whole_
         np.testing.assert_allclose(sum(bn.grads[k] for bn, _, _ in got), whole.grads[k], rtol=1e-10, atol=1e-12)
 
 
+def test_cpu_ranks_split_the_nodes_cores(monkeypatch):
+    from tinyconv.kernels import threads
+    got = []
+    monkeypatch.setattr(threads, "set_num_threads", got.append)
+    monkeypatch.delenv("TINYCONV_NUM_THREADS", raising=False)
+    node = type("Comm", (), {"local_size": 2})()
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert distributed.set_rank_threads(node) == 8                    # 16 cores, 2 ranks on the node
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 4, 5})
+    assert distributed.set_rank_threads(node) == 3                    # the launcher bound this rank to 3
+    monkeypatch.setenv("TINYCONV_NUM_THREADS", "5")
+    assert distributed.set_rank_threads(node) is None                 # the user's setting stands
+    assert got == [8, 3]
+
+
 def test_ranks_without_mpi4py_are_told_what_to_install(monkeypatch):
     monkeypatch.setattr(distributed, "_COMM", None)
     monkeypatch.setenv("PMI_SIZE", "2")
