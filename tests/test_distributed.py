@@ -124,7 +124,7 @@ def test_flat_buffers_align_every_parameter_and_step_as_the_separate_arrays(make
 
 
 class ThreadRanks:
-    """R threads as R ranks, for the collectives synchronised BatchNorm makes (allreduce_host)."""
+    """R threads as R ranks, for the collectives synchronised BatchNorm makes (allreduce_small)."""
 
     def __init__(self, size):
         self.size, self.local = size, threading.local()
@@ -135,7 +135,7 @@ class ThreadRanks:
     def rank(self):
         return self.local.rank
 
-    def allreduce_host(self, values):
+    def allreduce_small(self, values):
         self.slots[self.rank] = values.copy()
         self.barrier.wait()
         total = sum(self.slots[r] for r in range(self.size))           # the same order on every rank

@@ -87,10 +87,6 @@ class Communicator:
             self._events = []
         return self._seconds
 
-    @seconds.setter
-    def seconds(self, value):
-        self._seconds = value
-
     @property
     def is_root(self):
         return self.rank == 0
@@ -99,8 +95,9 @@ class Communicator:
         """Sum ``buf`` (NumPy or CuPy) over the ranks, in place."""
         return buf
 
-    def allreduce_host(self, values):
-        """Sum a small float64 NumPy array over the ranks (in place): control values, not gradients."""
+    def allreduce_small(self, values):
+        """Sum a small float64 array (NumPy, or CuPy on the GPU) over the ranks, in place: control
+        values, evaluation sums, BatchNorm's statistics; not timed as gradient communication."""
         return values
 
     def broadcast(self, obj, root=0):
@@ -132,11 +129,7 @@ def _reduce_arrays(comm, arrays, xp, average=False):
     """Sum (or average) several small arrays over the ranks in one allreduce of a float64 buffer."""
     if not arrays:
         return
-    flat = xp.concatenate([a.astype(xp.float64).ravel() for a in arrays])
-    if xp is np:
-        comm.allreduce_host(flat)
-    else:
-        comm._allreduce_device(flat)
+    flat = comm.allreduce_small(xp.concatenate([a.astype(xp.float64).ravel() for a in arrays]))
     if average:
         flat /= comm.size
     off = 0
@@ -156,9 +149,8 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.world = MPI.COMM_WORLD
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
-        node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        node.Free()
+        self.node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)   # the ranks on this node
+        self.local_rank, self.local_size = self.node.Get_rank(), self.node.Get_size()
         self.nccl = None
         if device == "gpu":
             self._init_nccl()
@@ -175,9 +167,7 @@ class MPICommunicator(Communicator):
             raise DistributedError(f"{self.local_size} ranks on this node but {count} GPU(s): start at most "
                                    f"{count} ranks per node with --device gpu (one GPU each)")
         cp.cuda.Device(device).use()
-        node = self.world.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
-        buses = node.allgather(cp.cuda.Device(device).pci_bus_id)
-        node.Free()
+        buses = self.node.allgather(cp.cuda.Device(device).pci_bus_id)
         if len(set(buses)) < len(buses):
             raise DistributedError(f"two ranks on this node share the GPU at {buses[self.local_rank]}: give each "
                                    "rank its own device (CUDA_VISIBLE_DEVICES or the launcher's GPU binding)")
@@ -199,7 +189,7 @@ class MPICommunicator(Communicator):
         else:
             t0 = time.perf_counter()
             self.world.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
-            self.seconds += time.perf_counter() - t0
+            self._seconds += time.perf_counter() - t0
         self.bytes += _ring_bytes(buf.nbytes, self.size)
         self.calls += 1
         return buf
@@ -216,8 +206,11 @@ class MPICommunicator(Communicator):
         self.nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size, types[buf.dtype], nccl.NCCL_SUM,
                             cupy.cuda.get_current_stream().ptr)
 
-    def allreduce_host(self, values):
-        self.world.Allreduce(self.MPI.IN_PLACE, values, op=self.MPI.SUM)
+    def allreduce_small(self, values):
+        if is_gpu_array(values):
+            self._allreduce_device(values)
+        else:
+            self.world.Allreduce(self.MPI.IN_PLACE, values, op=self.MPI.SUM)
         return values
 
     def broadcast(self, obj, root=0):

@@ -16,6 +16,7 @@ weight is then that of the whole batch, except through BatchNorm, which normalis
 micro-batch with its own statistics (as "ghost batch norm" does) and updates its running
 statistics once per micro-batch.
 """
+import contextlib
 import csv
 import json
 import math
@@ -215,7 +216,7 @@ def evaluate(model, ds, split, batch_size, device, loss_fn=None, comm=None):
         total += n
     model.clear_cache()
     if shard is not None:
-        sums = comm.allreduce_host(np.concatenate([[float(loss_sum), total], to_cpu(correct)]).astype(np.float64))
+        sums = comm.allreduce_small(np.concatenate([[float(loss_sum), total], to_cpu(correct)]).astype(np.float64))
         sums = comm.broadcast(sums)
         loss_sum, total, correct = sums[0], int(round(sums[1])), np.rint(sums[2:]).astype(np.int64)
     if total == 0:
@@ -603,13 +604,13 @@ class Run:
             return
         acc, comm = self.accum, self.comm
         sums = np.concatenate([[acc["loss_sum"], acc["seen"]], acc["correct"]]).astype(np.float64)
-        sums = comm.broadcast(comm.allreduce_host(sums))
+        sums = comm.broadcast(comm.allreduce_small(sums))
         acc["loss_sum"], acc["seen"] = float(sums[0]), int(round(sums[1]))
         acc["correct"] = [int(round(c)) for c in sums[2:]]
         if not self.cfg.sync_bn:
             comm.average_buffers(self.model)
-        check = comm.broadcast(float(to_cpu(self.optimizer.flat.p).astype(np.float64).sum()))
-        if check != float(to_cpu(self.optimizer.flat.p).astype(np.float64).sum()):
+        mine = float(to_cpu(self.optimizer.flat.p).astype(np.float64).sum())
+        if comm.broadcast(mine) != mine:
             raise distributed.DistributedError(
                 f"rank {comm.rank}: the model's weights differ from rank 0's: the ranks' allreduces gave "
                 "different sums (a faulty MPI or NCCL set-up)")
@@ -668,7 +669,7 @@ class Run:
             return self.stop.check()
         if agree:
             flag = np.array([float(self.stop.requested)])
-            self._stop_agreed = self.comm.allreduce_host(flag)[0] > 0
+            self._stop_agreed = self.comm.allreduce_small(flag)[0] > 0
         if getattr(self, "_stop_agreed", False):
             raise KeyboardInterrupt
 
@@ -697,15 +698,13 @@ class Run:
         and one allreduce adds the ranks' gradients (``_step_ranks``)."""
         if self.comm.parallel:
             return self._step_ranks(batch)
-        model, loss_fn, xp = self.model, self.loss_fn, self.xp
         B = len(batch.index)
-        micro = self.micro_batch or B
         measure = self._measure_now(B)
         if measure:
             self._measure_half_batch(batch)
         loss = self._forward_backward(batch, B)
         if measure:
-            self.noise.update(self._small[0], self._small[1], squared_grad_norm(model), B)
+            self.noise.update(*self._small, squared_grad_norm(self.model), B)
         self.optimizer.step()
         return loss
 
@@ -746,7 +745,8 @@ class Run:
         the same optimizer step on every rank. A small host allreduce beside it carries the control
         values: whether any rank was asked to stop (so all stop after the same step) and, every
         ``noise_every`` steps, the ranks' own |G|^2 for the gradient noise scale (each rank's share
-        is the small batch, the sum the big one: no extra pass)."""
+        is the small batch, the sum the big one: no extra pass, except under --sync-bn, where a rank's
+        part of the gradient is no small batch's and its share is measured normalised by itself)."""
         comm, B, b = self.comm, batch.total, len(batch.index)
         grads = self.optimizer.flat_gradients()
         measure = self._measure_now(B)
@@ -771,7 +771,7 @@ class Run:
         if measure and comm.size > 1:   # |G_small|^2 of this rank's mean gradient, averaged over ranks
             control[1] = (small_sq if self.cfg.sync_bn else squared_norm(grads) * (B / b) ** 2) / comm.size
         comm.allreduce(grads)
-        comm.allreduce_host(control)
+        comm.allreduce_small(control)
         self._stop_agreed = control[0] > 0      # what every rank decides on; not stop.requested (a signal may land later)
         if measure:
             small = (float(control[1]), B / comm.size) if comm.size > 1 else self._small
@@ -860,22 +860,16 @@ def squared_norm(a):
     return float((a.astype("float64") ** 2).sum())
 
 
-class _synchronised_batchnorm:
+@contextlib.contextmanager
+def _synchronised_batchnorm(comm):
     """While inside, training-mode BatchNorm allreduces its sums over ``comm``'s ranks
     (tinyconv/ops/norm.py ``SYNC``); ``None``: per-process BatchNorm, as outside."""
-
-    def __init__(self, comm):
-        self.comm = comm
-
-    def __enter__(self):
-        from .ops import norm
-        self.before, norm.SYNC = norm.SYNC, self.comm
-        return self
-
-    def __exit__(self, *exc):
-        from .ops import norm
-        norm.SYNC = self.before
-        return False
+    from .ops import norm
+    before, norm.SYNC = norm.SYNC, comm
+    try:
+        yield
+    finally:
+        norm.SYNC = before
 
 
 def squared_grad_norm(model):
@@ -883,7 +877,7 @@ def squared_grad_norm(model):
     total = 0.0
     for _, grads in model.parameters():
         for g in grads.values():
-            total += float((g.astype("float64") ** 2).sum())
+            total += squared_norm(g)
     return total
 
 

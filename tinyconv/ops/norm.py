@@ -27,8 +27,6 @@ communicator).
 """
 from typing import NamedTuple
 
-import numpy as np
-
 from ..backend import get_array_module
 from .grads import store_grad
 
@@ -45,19 +43,10 @@ class BatchNormSaved(NamedTuple):
     count: int = None       # M over every rank, when the statistics were synchronised
 
 
-def _allreduce(values):
-    """Sum a small float64 array over the ranks of SYNC, in place."""
-    if get_array_module(values) is not np:
-        SYNC._allreduce_device(values)
-    else:
-        SYNC.allreduce_host(values)
-    return values
-
-
 def _merge(packed, shift, C):
     """(mean, var, M) from the allreduced sums (sum d, sum d^2, M), d = x - shift, in float64."""
     xp = get_array_module(packed)
-    _allreduce(packed)
+    SYNC.allreduce_small(packed)
     M = int(round(float(packed[2 * C])))
     m1 = packed[:C] / max(M, 1)
     return shift + m1, xp.maximum(packed[C:2 * C] / max(M, 1) - m1 * m1, 0.0), M
@@ -90,7 +79,7 @@ def synced_sums(dbeta, dgamma, M):
     """(dbeta, dgamma, M) added over the ranks (float64): what dx needs under synchronised BatchNorm."""
     xp = get_array_module(dbeta)
     C = len(dbeta)
-    both = _allreduce(xp.concatenate([dbeta.astype(xp.float64), dgamma.astype(xp.float64), xp.asarray([float(M)])]))
+    both = SYNC.allreduce_small(xp.concatenate([dbeta.astype(xp.float64), dgamma.astype(xp.float64), xp.asarray([float(M)])]))
     return both[:C], both[C:2 * C], int(round(float(both[2 * C])))
 
 
